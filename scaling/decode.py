@@ -1,0 +1,138 @@
+"""Image decoding and cropping: libjpeg-turbo with reduced-size DCT, PIL for the rest.
+
+The pre-training crop is chosen from the JPEG header *before* decoding, so the
+decoder can scale by 1/2, 1/4 or 1/8 in the inverse DCT whenever the crop, at that
+scale, still covers the output size; the crop is then resized with torch's uint8
+antialiased bilinear kernel (the same filter as PIL's, several times faster).
+Anything simplejpeg rejects — PNG, WebP, CMYK JPEGs, JPEGs with recoverable
+errors — goes through PIL. The result is always RGB.
+
+A crop box is ``(top, left, height, width)`` in pixels of the full-size image.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import simplejpeg
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+Box = tuple[int, int, int, int]
+
+DCT_SCALES = (8, 4, 2)
+"""Reduction factors of the inverse DCT that we use, largest first."""
+
+
+class EncodedImage:
+    """One encoded image: its size from the header, and decoding on demand."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._pil: Image.Image | None = None
+        try:
+            self.height, self.width, _, _ = simplejpeg.decode_jpeg_header(data)
+            self.is_jpeg = True
+        except ValueError:
+            self.is_jpeg = False
+            self._pil = Image.open(io.BytesIO(data))  # lazy: reads the header only
+            self.width, self.height = self._pil.size
+
+    def decode(self, factor: int = 1) -> np.ndarray:
+        """(H, W, 3) uint8 RGB; a JPEG is reduced by ``factor`` (1, 2, 4, 8) in the IDCT."""
+        if self.is_jpeg:
+            try:
+                # The exact ceil sizes make simplejpeg pick the 1/factor scale, not n/8.
+                return simplejpeg.decode_jpeg(
+                    self.data,
+                    colorspace="RGB",
+                    min_height=math.ceil(self.height / factor),
+                    min_width=math.ceil(self.width / factor),
+                )
+            except ValueError:  # CMYK, recoverable corruption: PIL decides
+                self._pil = Image.open(io.BytesIO(self.data))
+        assert self._pil is not None
+        return np.array(self._pil.convert("RGB"))  # a writable copy, as torch wants
+
+    def to_pil(self) -> Image.Image:
+        """The full-size image as an RGB PIL image (for timm's transforms)."""
+        return Image.fromarray(self.decode())
+
+    def crop_resize(self, box: Box, size: tuple[int, int], *, flip: bool = False) -> torch.Tensor:
+        """Crop ``box``, resize to ``size`` (h, w) and optionally mirror: (3, h, w) uint8."""
+        top, left, box_h, box_w = box
+        out_h, out_w = size
+        factor = dct_factor(box_h, box_w, out_h, out_w) if self.is_jpeg else 1
+        pixels = self.decode(factor)
+        if pixels.shape[:2] == (self.height, self.width):  # PIL fallback: full size
+            factor = 1
+        # The box on the decoded grid: the IDCT scales by exactly 1/factor (the last
+        # row and column may be partial), so snap to the nearest decoded pixel.
+        y0, x0 = _snap(top, factor), _snap(left, factor)
+        y1 = max(y0 + 1, min(pixels.shape[0], _snap(top + box_h, factor)))
+        x1 = max(x0 + 1, min(pixels.shape[1], _snap(left + box_w, factor)))
+        region = torch.from_numpy(pixels).permute(2, 0, 1)[:, y0:y1, x0:x1]  # (3, h', w') view
+        out = F.interpolate(region[None], size=size, mode="bilinear", antialias=True)[0]
+        if flip:
+            out = out.flip(-1)
+        return out.contiguous()
+
+
+def _snap(coordinate: int, factor: int) -> int:
+    return (coordinate + factor // 2) // factor
+
+
+def dct_factor(box_h: int, box_w: int, out_h: int, out_w: int) -> int:
+    """Largest factor in (8, 4, 2) at which the box still covers the output; else 1."""
+    for factor in DCT_SCALES:
+        if box_h // factor >= out_h and box_w // factor >= out_w:
+            return factor
+    return 1
+
+
+def read_image(path: str) -> EncodedImage:
+    """Read a file's bytes; raises OSError for a missing file, ValueError-like for junk."""
+    with open(path, "rb") as f:
+        return EncodedImage(f.read())
+
+
+def random_resized_crop_box(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> Box:
+    """A RandomResizedCrop box (same distribution as torchvision's), drawn from ``rng``.
+
+    Up to ten tries of an area fraction in ``scale`` and a log-uniform aspect ratio in
+    ``ratio``; if none fits, the largest central box with the ratio clamped to the range.
+    """
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif aspect > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def center_square_box(height: int, width: int) -> Box:
+    """The largest central square: resize-shorter-side-then-center-crop, as one box."""
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
