@@ -1,0 +1,298 @@
+"""Build manifests: read the sources, select every subset, check the output, then write.
+
+Everything that can fail on bad input (names, fractions, sources, class lists, an
+output directory holding manifests of another source or seed) fails before the first
+file is written; each file is then written through a temp file and a rename. A
+manifest whose content digest is already on disk is left untouched ("unchanged").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from subsets.errors import SubsetError
+from subsets.listing import read_listing
+from subsets.manifest import (
+    FORMAT_VERSION,
+    ManifestInfo,
+    content_digest,
+    manifest_table,
+    read_manifest_info,
+    write_manifest,
+)
+from subsets.registry import (
+    SourceKind,
+    SubsetSpec,
+    default_subsets,
+    fraction_name,
+    load_class_list,
+    resolve_subset,
+    source_kind,
+)
+from subsets.scan import DEFAULT_WORKERS, scan_tree
+from subsets.select import check_fraction, holdout_counts, select_fraction, select_holdout
+from subsets.source import PreparedSource, prepare_source
+from subsets.val import scan_val
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildConfig:
+    """What to read and which manifests to write."""
+
+    out_dir: Path
+    """Directory the manifests are written to (``<out_dir>/<name>.parquet``)."""
+    source_kind: str = "in1k"
+    """Registered source kind (subsets.registry.SOURCE_KINDS)."""
+    train: Path | None = None
+    """Train tree ROOT/<wnid>/<image> to scan."""
+    listing: Path | None = None
+    """Listing file of the train images (instead of ``train``)."""
+    val: Path | None = None
+    """Val folder: class folders, or flat images + LOC_val_solution.csv."""
+    val_csv: Path | None = None
+    """The val CSV, when not beside or inside ``val``."""
+    val_listing: Path | None = None
+    """Listing file of the val images (instead of ``val``)."""
+    data_root: Path | None = None
+    """Folder the manifest paths are relative to; default: the common parent of the
+    scanned folders. Listing paths are taken as written (relative to it)."""
+    subsets: tuple[str, ...] = ()
+    """Subset names; default: the source kind's defaults (unless ``fractions``)."""
+    fractions: tuple[float, ...] = ()
+    """Extra fractions of train, written as ``<prefix>-<N>pct``."""
+    name_prefix: str | None = None
+    """Prefix of generated names; default: the source kind's name."""
+    seed: int = 0
+    """Selection seed."""
+    holdout_per_class: int | None = None
+    """Held-out val images per class for kinds that hold out (default: the kind's)."""
+    force: bool = False
+    """Overwrite manifests of another source or seed in ``out_dir``."""
+    workers: int = DEFAULT_WORKERS
+    """Threads for scanning."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ManifestResult:
+    """One manifest of a build, with the figures the CLI prints."""
+
+    path: Path
+    info: ManifestInfo
+    per_class_min: int
+    per_class_median: float
+    per_class_max: int
+    status: str
+    """'written' or 'unchanged' (same content digest already on disk)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Plan:
+    spec: SubsetSpec
+    source: PreparedSource
+    rows: np.ndarray  # bool mask over source rows
+    labels: np.ndarray  # labels of the kept rows, into ``classes``
+    classes: tuple[str, ...]
+
+
+def _subset_names(config: BuildConfig, kind: SourceKind, prefix: str) -> list[str]:
+    extra = [fraction_name(prefix, check_fraction(f, "--fraction")) for f in config.fractions]
+    names = list(config.subsets) + extra
+    if not names:
+        has_val = config.val is not None or config.val_listing is not None
+        names = default_subsets(kind, prefix, with_val=has_val)
+    return list(dict.fromkeys(names))
+
+
+def _data_root(config: BuildConfig) -> Path | None:
+    if config.data_root is not None:
+        return config.data_root.absolute()
+    folders = [p.absolute().parent for p in (config.train, config.val) if p is not None]
+    return Path(os.path.commonpath(folders)) if folders else None
+
+
+def _prefix(folder: Path, root: Path | None, flag: str) -> str:
+    rel = os.path.relpath(folder.absolute(), root)
+    if rel == "." or rel.startswith(".."):
+        raise SubsetError(f"{flag} {folder} is not inside the data root {root} (see --root)")
+    return rel.replace(os.sep, "/") + "/"
+
+
+def _read_sources(config: BuildConfig, kind: SourceKind, specs: list[SubsetSpec], root):
+    if (config.train is None) == (config.listing is None):
+        raise SubsetError("pass the train images as --train DIR or --listing FILE (one of them)")
+    if config.val is not None and config.val_listing is not None:
+        raise SubsetError("pass the val images as --val DIR or --val-listing FILE, not both")
+    has_val = config.val is not None or config.val_listing is not None
+    if kind.holdout_per_class and has_val:
+        raise SubsetError(f"{kind.name} holds its val set out of train; drop --val/--val-listing")
+    val_specs = [s.name for s in specs if s.split == "val"]
+    if val_specs and not kind.holdout_per_class and not has_val:
+        raise SubsetError(
+            f"{', '.join(val_specs)} need a val split: pass --val DIR or --val-listing FILE"
+        )
+    if config.train is not None:
+        listing = scan_tree(config.train, _prefix(config.train, root, "--train"), config.workers)
+    else:
+        listing = read_listing(config.listing)
+    train = prepare_source(listing, kind=kind.name, input="train")
+    val = None
+    if val_specs and not kind.holdout_per_class:
+        if config.val is not None:
+            prefix = _prefix(config.val, root, "--val")
+            listing = scan_val(config.val, prefix, config.val_csv, config.workers)
+        else:
+            listing = read_listing(config.val_listing)
+        val = prepare_source(listing, kind=kind.name, input="val", classes=train.classes)
+    return train, val
+
+
+def _plan(spec: SubsetSpec, train: PreparedSource, val, seed: int, held: np.ndarray) -> _Plan:
+    source = val if (spec.split == "val" and val is not None) else train
+    if source is val:
+        rows = np.ones(len(source.labels), dtype=bool)
+    else:
+        positions = train.positions(seed)
+        if spec.split == "val":
+            rows = select_holdout(positions, train.labels, train.counts, held)
+        else:
+            pool = train.counts - held
+            rows = select_fraction(positions, train.labels, pool, spec.fraction)
+    classes, labels = source.classes, source.labels[rows]
+    if spec.class_subset is not None:
+        wanted = load_class_list(spec.class_subset)
+        missing = sorted(set(wanted) - set(train.classes))
+        if missing:
+            raise SubsetError(
+                f"{spec.name}: {len(missing)} of the {len(wanted)} classes of "
+                f"{spec.class_subset} are not in the train source {train.listing.origin}: "
+                + ", ".join(missing[:5])
+                + (" …" if len(missing) > 5 else "")
+            )
+        classes = tuple(sorted(wanted))
+        index = {w: i for i, w in enumerate(source.classes)}
+        lut = np.full(len(source.classes), -1, dtype=np.int32)
+        lut[[index[w] for w in classes]] = np.arange(len(classes), dtype=np.int32)
+        rows &= (lut >= 0)[source.labels]
+        labels = lut[source.labels[rows]]
+    return _Plan(spec=spec, source=source, rows=rows, labels=labels, classes=classes)
+
+
+def _info_fields(plan: _Plan, seed: int, held_per_class: int) -> dict:
+    return {
+        "name": plan.spec.name,
+        "split": plan.spec.split,
+        "source_kind": plan.source.kind,
+        "source_input": plan.source.input,
+        "source_digest": plan.source.digest,
+        "seed": seed,
+        "fraction": plan.spec.fraction,
+        "holdout_per_class": held_per_class,
+        "class_subset": plan.spec.class_subset,
+        "classes": plan.classes,
+        "num_images": int(plan.rows.sum()),
+        "format_version": FORMAT_VERSION,
+    }
+
+
+def _check_out_dir(out_dir: Path, fields: list[dict], targets: set[str], force: bool) -> None:
+    """Refuse an output directory holding manifests of another source or seed."""
+    if not out_dir.is_dir():
+        return
+    new = {(f["source_kind"], f["source_input"]): f for f in fields}
+    for path in sorted(out_dir.glob("*.parquet")):
+        try:
+            old = read_manifest_info(path)
+        except SubsetError:
+            if path.stem in targets and not force:
+                raise SubsetError(f"{path} exists and is not a manifest; pass --force") from None
+            continue
+        ours = [f for (kind, _), f in new.items() if kind == old.source_kind]
+        if not ours:
+            continue
+        problems = []
+        if ours[0]["seed"] != old.seed:
+            problems.append(f"with seed {old.seed}, not {ours[0]['seed']}")
+        if ours[0]["holdout_per_class"] != old.holdout_per_class:
+            problems.append(
+                f"with {old.holdout_per_class} held out per class, "
+                f"not {ours[0]['holdout_per_class']}"
+            )
+        same_input = new.get((old.source_kind, old.source_input))
+        if same_input is not None and same_input["source_digest"] != old.source_digest:
+            problems.append(
+                f"from a different {old.source_input} source (digest "
+                f"{old.source_digest[:12]}, now {same_input['source_digest'][:12]})"
+            )
+        if problems and not force:
+            raise SubsetError(
+                f"{out_dir} already holds {path.name}, built {' and '.join(problems)}; "
+                "pass --force to overwrite, or choose another --out"
+            )
+        if problems:
+            logger.warning("--force: %s was built %s", path, " and ".join(problems))
+
+
+def _write(plan: _Plan, fields: dict, out_dir: Path) -> ManifestResult:
+    keys = plan.source.keys[plan.rows]
+    fields = {**fields, "digest": content_digest(fields, plan.labels, keys)}
+    info = ManifestInfo(**fields)
+    target = out_dir / f"{plan.spec.name}.parquet"
+    status = "written"
+    try:
+        if read_manifest_info(target).digest == info.digest:
+            status = "unchanged"
+    except SubsetError:
+        pass
+    if status == "written":
+        paths = plan.source.paths.filter(pa.array(plan.rows))
+        table = manifest_table(paths, plan.labels, keys, plan.classes, plan.spec.split)
+        write_manifest(table, info, target)
+        logger.info("wrote %s (%d images)", target, info.num_images)
+    counts = np.bincount(plan.labels, minlength=len(plan.classes))
+    return ManifestResult(
+        path=target,
+        info=info,
+        per_class_min=int(counts.min()),
+        per_class_median=float(np.median(counts)),
+        per_class_max=int(counts.max()),
+        status=status,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildResult:
+    """What a build read and wrote."""
+
+    manifests: list[ManifestResult]
+    sources: list[PreparedSource]
+    data_root: Path | None
+
+
+def build_subsets(config: BuildConfig) -> BuildResult:
+    """Read the sources of ``config`` and write its manifests (see the module docstring)."""
+    kind = source_kind(config.source_kind)
+    prefix = config.name_prefix or kind.name
+    if not prefix or "/" in prefix or prefix.startswith("."):
+        raise SubsetError(f"--name-prefix: not a usable file name prefix: {prefix!r}")
+    specs = [resolve_subset(n, kind, prefix) for n in _subset_names(config, kind, prefix)]
+    held_per_class = (
+        config.holdout_per_class if config.holdout_per_class is not None else kind.holdout_per_class
+    )
+    if held_per_class and not kind.holdout_per_class:
+        raise SubsetError(f"--holdout-per-class: the {kind.name} source has a val split of its own")
+    train, val = _read_sources(config, kind, specs, _data_root(config))
+    held = holdout_counts(train.counts, held_per_class)
+    plans = [_plan(spec, train, val, config.seed, held) for spec in specs]
+    fields = [_info_fields(p, config.seed, held_per_class) for p in plans]
+    _check_out_dir(config.out_dir, fields, {s.name for s in specs}, config.force)
+    results = [_write(p, f, config.out_dir) for p, f in zip(plans, fields, strict=True)]
+    sources = [s for s in (train, val) if s is not None]
+    return BuildResult(manifests=results, sources=sources, data_root=_data_root(config))

@@ -1,0 +1,181 @@
+"""Manifest files: one Parquet file per subset. Read them with :func:`read_manifest`.
+
+Columns (rows sorted by (wnid, path), byte order)::
+
+    path   string                        relative to the data root
+    label  int32                         index into ManifestInfo.classes
+    wnid   dictionary<int32, string>     == classes[label]
+    split  string                        'train' or 'val'
+    key    uint64                        subsets.keys.path_key(path): stable, per image
+
+The Parquet key-value metadata holds one JSON object under ``b"mimscale"``
+(:class:`ManifestInfo`: name, split, source kind/input/digest, seed, fraction,
+holdout per class, class list, image count, format version, content digest). There
+are no timestamps and the writer options are fixed, so the same inputs give the same
+bytes (for a given pyarrow version, which Parquet records in its footer); the content
+``digest`` is independent even of that.
+
+Downstream use::
+
+    table, info = read_manifest("manifests/in1k-10pct.parquet", columns=["path", "label"])
+    info.classes, info.num_images, info.digest
+    manifest_digest(path)        # the content digest, from the footer only
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from subsets.atomic import atomic_path
+from subsets.errors import SubsetError
+
+FORMAT_VERSION = 1
+METADATA_KEY = b"mimscale"
+ROW_GROUP_SIZE = 1 << 20
+SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("label", pa.int32()),
+        ("wnid", pa.dictionary(pa.int32(), pa.string())),
+        ("split", pa.string()),
+        ("key", pa.uint64()),
+    ]
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ManifestInfo:
+    """What a manifest holds and how it was made (its Parquet metadata)."""
+
+    name: str
+    """Subset name, e.g. 'in1k-10pct'."""
+    split: str
+    """'train' or 'val'."""
+    source_kind: str
+    """Source kind: 'in1k', 'in22k', 'demo', 'folder'."""
+    source_input: str
+    """Which input of the source the rows were drawn from: 'train' or 'val'."""
+    source_digest: str
+    """Digest of that input (subsets.source.source_digest)."""
+    seed: int
+    """Selection seed."""
+    fraction: float
+    """Fraction of every class kept (1.0 for full sets)."""
+    holdout_per_class: int
+    """Images per class held out of the train input for the source's val set (0: none)."""
+    class_subset: str | None
+    """Named class list the classes were restricted to (e.g. 'in100_cmc'), or None."""
+    classes: tuple[str, ...]
+    """Class list: label i is classes[i]."""
+    num_images: int
+    """Number of rows."""
+    format_version: int
+    """Manifest format version."""
+    digest: str
+    """Content digest: blake2b-128 of this metadata (less the digest) and of the
+    label and key columns."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+
+def content_digest(fields: dict[str, Any], labels: np.ndarray, keys: np.ndarray) -> str:
+    """The manifest digest over its metadata ``fields`` (without 'digest') and columns."""
+    fields = {k: v for k, v in fields.items() if k != "digest"}
+    fields["classes"] = list(fields["classes"])
+    h = hashlib.blake2b(b"mimscale-manifest-v1", digest_size=16)
+    h.update(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode())
+    h.update(np.ascontiguousarray(labels, dtype="<i4").tobytes())
+    h.update(np.ascontiguousarray(keys, dtype="<u8").tobytes())
+    return h.hexdigest()
+
+
+def manifest_table(
+    paths: pa.Array, labels: np.ndarray, keys: np.ndarray, classes: tuple[str, ...], split: str
+) -> pa.Table:
+    """The manifest table for rows already sorted by (label, path)."""
+    labels = np.ascontiguousarray(labels, dtype=np.int32)
+    return pa.Table.from_arrays(
+        [
+            paths,
+            pa.array(labels),
+            pa.DictionaryArray.from_arrays(labels, pa.array(classes, type=pa.string())),
+            pa.repeat(pa.scalar(split), len(labels)),
+            pa.array(keys, type=pa.uint64()),
+        ],
+        schema=SCHEMA,
+    )
+
+
+def write_manifest(table: pa.Table, info: ManifestInfo, target: str | Path) -> None:
+    """Write ``table`` with ``info`` as metadata: temp file + rename, fixed options."""
+    table = table.replace_schema_metadata({METADATA_KEY: info.to_json().encode()})
+    with atomic_path(target) as tmp:
+        pq.write_table(
+            table,
+            tmp,
+            row_group_size=ROW_GROUP_SIZE,
+            compression="zstd",
+            compression_level=3,
+            use_dictionary=["wnid", "split"],
+            write_statistics=True,
+            store_schema=True,
+        )
+
+
+def _info_from_metadata(path: Path, metadata: dict[bytes, bytes] | None) -> ManifestInfo:
+    raw = (metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise SubsetError(f"{path}: not a mimscale manifest (no {METADATA_KEY!r} metadata)")
+    try:
+        fields = json.loads(raw)
+        if fields.get("format_version", 0) > FORMAT_VERSION:
+            raise SubsetError(
+                f"{path}: manifest format {fields['format_version']} is newer than this "
+                f"mimscale reads ({FORMAT_VERSION})"
+            )
+        fields["classes"] = tuple(fields["classes"])
+        return ManifestInfo(**fields)
+    except (ValueError, TypeError, KeyError) as err:
+        raise SubsetError(f"{path}: unreadable manifest metadata: {err}") from None
+
+
+def read_manifest_info(path: str | Path) -> ManifestInfo:
+    """The metadata of a manifest, reading only the Parquet footer."""
+    path = Path(path)
+    if not path.is_file():
+        raise SubsetError(f"manifest {path}: no such file")
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise SubsetError(f"{path}: not a Parquet file ({err})") from None
+    return _info_from_metadata(path, schema.metadata)
+
+
+def manifest_digest(path: str | Path) -> str:
+    """The content digest of a manifest (recorded at build time; verify recomputes it)."""
+    return read_manifest_info(path).digest
+
+
+def read_manifest(
+    path: str | Path, columns: list[str] | None = None, *, as_pandas: bool = False
+) -> tuple[pa.Table | Any, ManifestInfo]:
+    """(rows, info) of a manifest; ``columns`` selects columns, ``as_pandas`` a DataFrame."""
+    info = read_manifest_info(path)
+    unknown = sorted(set(columns or ()) - set(SCHEMA.names))
+    if unknown:
+        raise SubsetError(f"{path}: unknown columns {unknown}; valid: {SCHEMA.names}")
+    table = pq.read_table(path, columns=columns)
+    return (table.to_pandas() if as_pandas else table), info
