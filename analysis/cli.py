@@ -1,0 +1,42 @@
+"""The ``mimscale analyze`` verb. Imports nothing heavy until the verb runs."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add ``analyze`` to the ``mimscale`` command line."""
+    parser = subparsers.add_parser(
+        "analyze",
+        help="fit val-loss/top-1 correlations, overfitting and scaling; write an HTML report",
+        description="Analyse a study's results (a directory with cells.parquet and "
+        "curves.parquet) or an external CSV/Parquet table of cells, and write "
+        "OUT/report.html (self-contained, works offline) and OUT/fits.json. "
+        "Table columns: see `python -c 'import analysis.table as t; help(t)'`.",
+    )
+    parser.add_argument(
+        "source", metavar="SOURCE", help="study results dir, or a .csv/.parquet table"
+    )
+    parser.add_argument("-o", "--out", required=True, metavar="OUT", help="output directory")
+    parser.add_argument(
+        "--png",
+        action="store_true",
+        help="also write one PNG per figure (needs Chromium: apt-get install chromium, "
+        "or BROWSER_PATH=/path/to/chrome)",
+    )
+    parser.add_argument(
+        "--curves", metavar="TABLE", help="curves table (CSV/Parquet) for an external SOURCE"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.set_defaults(func=run_analyze)
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """Write the report; errors are AnalysisError (exit 2), printed by the main CLI."""
+    from analysis.report import write_report
+
+    report = write_report(args.source, args.out, png=args.png, curves=args.curves, seed=args.seed)
+    print(report)
+    return 0

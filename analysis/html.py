@@ -1,0 +1,300 @@
+"""The self-contained HTML report: summary, figures (plotly.js embedded once), tables.
+
+Opens offline from disk: no script, style sheet or font is fetched from anywhere.
+Element ids are fixed, so the same results give the same bytes.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from analysis import style
+from analysis.table import Results
+
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+CELL_TABLE_COLUMNS = (
+    "cell_id", "model", "params_m", "data", "n_train_images", "iterations", "batch_size",
+    "epochs_seen", "train_loss", "val_loss", "finetune_top1", "finetune_top5",
+    "pretrain_flops", "gpu_hours", "wall_s",
+)  # fmt: skip
+CSS = """
+body { font-family: Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1400px;
+       padding: 1em 2em; color: #222; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.8em; font-size: 1.25em; }
+.meta { color: #555; } .figure { margin: 0.5em 0 1em; border: 1px solid #eee; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; white-space: nowrap; }
+th { background: #f4f4f4; position: sticky; top: 0; } td.text, th.text { text-align: left; }
+tr.overfit td { background: #fdecea; } .scroll { max-height: 600px; overflow: auto; }
+ul.summary li { margin: 0.3em 0; } .note { color: #555; font-size: 0.9em; }
+"""
+
+
+def render_report(results: Results, fits: dict[str, Any], figures: dict[str, go.Figure]) -> str:
+    """The whole page as one string."""
+    title = _title(fits)
+    body = [f"<h1>{_e(title)}</h1>", _meta(results, fits), _summary(fits)]
+    plots = [_figure(name, fig, i == 0) for i, (name, fig) in enumerate(figures.items())]
+    sections = {
+        "val_loss_vs_top1": [_correlation_table(fits), _linear_table(fits), _ranking_table(fits)],
+        "overfitting_curves": [_overfit_table(fits)],
+        "scaling_vs_model_size": [_power_law_table(fits)],
+    }
+    for (name, _), plot in zip(figures.items(), plots, strict=True):
+        body.append(plot)
+        body.extend(sections.get(name, []))
+    body.append(_cells_table(results, fits))
+    body.append(_methods(fits))
+    return (
+        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
+        f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+
+
+def _title(fits: dict[str, Any]) -> str:
+    name = (fits.get("study") or {}).get("name")
+    return f"mimscale analysis — {name}" if name else "mimscale analysis"
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _figure(name: str, fig: go.Figure, first: bool) -> str:
+    div = pio.to_html(
+        fig,
+        include_plotlyjs=first,  # plotly.js inline, once, before the first plot
+        full_html=False,
+        div_id=f"fig-{name}",
+        config=PLOT_CONFIG,
+        default_height=f"{fig.layout.height or style.FIG_HEIGHT}px",
+    )
+    return f"<div class='figure' id='figure-{name}'>{div}</div>"
+
+
+def _meta(results: Results, fits: dict[str, Any]) -> str:
+    counts = fits["cells"]
+    lines = [
+        f"source: <code>{_e(results.source)}</code>",
+        f"{counts['complete']} complete cells of {counts['rows']} rows",
+    ]
+    study = fits.get("study") or {}
+    if study.get("hash"):
+        lines.append(f"study hash <code>{_e(study['hash'])}</code>")
+    notes = "".join(f"<li>{_e(n)}</li>" for n in fits["notes"])
+    return f"<p class='meta'>{' · '.join(lines)}</p>" + (
+        f"<ul class='note'>{notes}</ul>" if notes else ""
+    )
+
+
+def _summary(fits: dict[str, Any]) -> str:
+    corr, line, rank = (
+        fits["correlation"]["overall"],
+        fits["linear_fit"]["overall"],
+        fits["ranking"],
+    )
+    items = []
+    if "skipped" in corr:
+        items.append(f"Correlation not computed: {_e(corr['skipped'])}.")
+    else:
+        items.append(
+            f"Validation loss vs fine-tuned top-1 over {corr['n']} cells: Pearson r = "
+            f"{style.fmt_ci(corr['pearson'])}, Spearman ρ = {style.fmt_ci(corr['spearman'])}, "
+            f"Kendall τ = {style.fmt_ci(corr['kendall'])} (95% bootstrap intervals)."
+        )
+    if "loo_mae" in line:
+        items.append(
+            f"A line top-1 = {line['intercept']:.2f} {line['slope']:+.2f} · val_loss predicts "
+            f"a held-out cell's top-1 within {line['loo_mae']:.2f} points on average "
+            f"(leave-one-out; worst {line['loo_max_abs_error']:.2f})."
+        )
+    for key, what in (
+        ("model", "cell of a model"),
+        ("model_data", "length"),
+        ("model_iterations", "data set"),
+    ):
+        r = rank[key]
+        if r["n_groups"]:
+            items.append(
+                f"Lowest val loss picks the best {what} by top-1 in {r['hits']} of "
+                f"{r['n_groups']} cases (mean top-1 given up: {r['mean_regret_points']:.2f} pts)."
+            )
+    over = fits["overfitting"]["by_model_data"]
+    flagged = [f"{r['model']} on {r['data']}" for r in over if r["overfits"]]
+    items.append(
+        f"Overfitting in {len(flagged)} of {len(over)} (model, data) pairs"
+        + (f": {_e(', '.join(flagged))}." if flagged else ".")
+    )
+    lis = "".join(f"<li>{i}</li>" for i in items)
+    title = "<h2>Can validation loss pick models without fine-tuning?</h2>"
+    return f"{title}<ul class='summary'>{lis}</ul>"
+
+
+def _table(
+    header: list[str], rows: list[list[Any]], text_cols: int = 1, cls: list[str] | None = None
+) -> str:
+    def cell(tag: str, i: int, v: Any) -> str:
+        klass = " class='text'" if i < text_cols else ""
+        return f"<{tag}{klass}>{_e(style.fmt_num(v))}</{tag}>"
+
+    head = "".join(cell("th", i, h) for i, h in enumerate(header))
+    body = []
+    for j, row in enumerate(rows):
+        klass = f" class='{cls[j]}'" if cls and cls[j] else ""
+        body.append(f"<tr{klass}>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _correlation_table(fits: dict[str, Any]) -> str:
+    corr = fits["correlation"]
+    groups = [("overall", "all cells", corr["overall"])]
+    groups += [("model", k, v) for k, v in corr["by_model"].items()]
+    groups += [("iterations", style.fmt_count(k), v) for k, v in corr["by_iterations"].items()]
+    rows = []
+    for kind, name, res in groups:
+        if "skipped" in res:
+            rows.append([kind, name, res["n"], f"skipped: {res['skipped']}", "", ""])
+        else:
+            rows.append(
+                [
+                    kind,
+                    name,
+                    res["n"],
+                    *(style.fmt_ci(res[m]) for m in ("pearson", "spearman", "kendall")),
+                ]
+            )
+    header = ["group", "", "n", "Pearson r [95% CI]", "Spearman ρ [95% CI]", "Kendall τ [95% CI]"]
+    return "<h3>Correlation of val loss with top-1</h3>" + _table(header, rows, text_cols=2)
+
+
+def _linear_table(fits: dict[str, Any]) -> str:
+    lin = fits["linear_fit"]
+    rows = []
+    for name, res in [("all cells", lin["overall"]), *lin["by_model"].items()]:
+        if "skipped" in res:
+            rows.append([name, res["n"], "", "", "", f"skipped: {res['skipped']}"])
+        else:
+            rows.append([name, res["n"], res["slope"], res["intercept"], res["r2"], res["loo_mae"]])
+    header = ["group", "n", "slope (pts per loss unit)", "intercept", "R²", "LOO MAE (pts)"]
+    return "<h3>Linear fit of top-1 on val loss</h3>" + _table(header, rows)
+
+
+def _ranking_table(fits: dict[str, Any]) -> str:
+    what = {
+        "model": "model: any data × length",
+        "model_data": "(model, data): the length",
+        "model_iterations": "(model, length): the data set",
+    }
+    rows = [
+        [what[k], r["n_groups"], r["hits"], r["hit_rate"], r["mean_regret_points"]]
+        for k, r in fits["ranking"].items()
+    ]
+    header = ["lowest val loss picks, within", "groups", "hits", "hit rate", "mean regret (pts)"]
+    return "<h3>Ranking agreement</h3>" + _table(header, rows)
+
+
+def _overfit_table(fits: dict[str, Any]) -> str:
+    rows, cls = [], []
+    for r in fits["overfitting"]["by_model_data"]:
+        curve = r["curve"] or {}
+        rows.append(
+            [
+                r["model"],
+                r["data"],
+                ", ".join(style.fmt_count(i) for i in r["iterations"]),
+                style.fmt_count(r["best_iterations"]) if r["best_iterations"] else "",
+                style.fmt_count(r["best_top1_iterations"]) if r["best_top1_iterations"] else "",
+                r["rise"],
+                "yes" if r["rises_with_length"] else "no",
+                style.fmt_count(curve["turn_step"]) if curve.get("turn_step") else "",
+                {True: "yes", False: "no", None: ""}[curve.get("train_falling")],
+                "yes" if r["overfits"] else "no",
+            ]
+        )
+        cls.append("overfit" if r["overfits"] else "")
+    header = [
+        "model",
+        "data",
+        "lengths",
+        "best length (val loss)",
+        "best length (top-1)",
+        "val loss rise",
+        "rises with length",
+        "curve turns at",
+        "train loss falling",
+        "overfits",
+    ]
+    return "<h3>Overfitting per (model, data)</h3>" + _table(header, rows, text_cols=3, cls=cls)
+
+
+def _power_law_table(fits: dict[str, Any]) -> str:
+    rows = []
+    for entry in fits["scaling"]["vs_data"]:
+        for key, target in (("val_loss_fit", "val loss"), ("top1_error_fit", "top-1 error (%)")):
+            fit = entry[key]
+            if "skipped" in fit:
+                continue
+            ci = fit.get("intervals") or {}
+            rows.append(
+                [
+                    entry["model"],
+                    style.fmt_count(entry["iterations"]),
+                    target,
+                    fit["n"],
+                    *(_with_ci(fit[p], ci.get(p)) for p in ("E", "A", "alpha")),
+                    fit["rmse"],
+                ]
+            )
+    title = "<h3>Power-law fits y = E + A·D<sup>−α</sup> (D: train images)</h3>"
+    if not rows:
+        return title + "<p class='note'>No (model, length) series with enough data sizes.</p>"
+    header = ["model", "length", "target", "n", "E [95% CI]", "A [95% CI]", "α [95% CI]", "RMSE"]
+    return title + _table(header, rows, text_cols=3)
+
+
+def _with_ci(value: float, ci: list[float] | None) -> str:
+    if not ci:
+        return f"{value:.4g}"
+    return f"{value:.4g} [{ci[0]:.3g}, {ci[1]:.3g}]"
+
+
+def _cells_table(results: Results, fits: dict[str, Any]) -> str:
+    cells = results.cells
+    cols = [c for c in CELL_TABLE_COLUMNS if c in cells]
+    over = set(fits["overfitting"]["overfitting_cells"])
+    rows = [[row[c] for c in cols] for _, row in cells[cols].iterrows()]
+    cls = ["overfit" if cid in over else "" for cid in cells["cell_id"]]
+    out = (
+        f"<h2>Cells ({len(cells)} complete; shaded: overfitting)</h2>"
+        f"<div class='scroll'>{_table(cols, rows, text_cols=2, cls=cls)}</div>"
+    )
+    if results.excluded_cells is not None:
+        ex = results.excluded_cells
+        ex_cols = [
+            c for c in ("cell_id", "model", "data", "iterations", "status", "error") if c in ex
+        ]
+        ex_rows = [[row[c] for c in ex_cols] for _, row in ex[ex_cols].iterrows()]
+        out += f"<h3>Excluded cells ({len(ex)})</h3>" + _table(ex_cols, ex_rows, text_cols=2)
+    return out
+
+
+def _methods(fits: dict[str, Any]) -> str:
+    s = fits["settings"]
+    return (
+        "<h2>Methods</h2><p class='note'>"
+        f"Correlation intervals: {s['n_resamples']} paired bootstrap resamples of cells, BCa "
+        f"(percentile where BCa is undefined), seed {s['seed']}; groups with fewer than 3 cells "
+        "are skipped. Leave-one-out error of the least-squares line in top-1 points. Overfitting: "
+        f"the val loss of the longest length is more than {s['overfit_rel_tol']:.2%} above the "
+        "best length's; along a curve, the running median (window "
+        f"{s['overfit_window']}) has its minimum, then the last {s['overfit_patience']} points "
+        "stay above it by that margin while the training loss ends lower than at the turn. "
+        "Power law: E + A·D^-α, multi-start least squares with a soft-L1 loss; linearised "
+        "intervals. Every number is also in fits.json.</p>"
+    )
