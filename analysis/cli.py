@@ -5,16 +5,23 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+# Mirrors analysis.table.CELL_COLUMNS, which this light module cannot import (pandas).
+REQUIRED_COLUMNS = (
+    "model", "params_m", "data", "n_train_images", "iterations", "val_loss", "finetune_top1",
+)  # fmt: skip
+OPTIONAL_COLUMNS = ("cell_id", "status", "train_loss", "finetune_top5")
+
 
 def register(subparsers: Any) -> None:
     """Add ``analyze`` to the ``mimscale`` command line."""
     parser = subparsers.add_parser(
         "analyze",
         help="fit val-loss/top-1 correlations, overfitting and scaling; write an HTML report",
-        description="Analyse a study's results (a directory with cells.parquet and "
-        "curves.parquet) or an external CSV/Parquet table of cells, and write "
+        description="Analyse a study's results (a directory, or a URI, holding cells.parquet "
+        "and curves.parquet) or an external CSV/Parquet table of cells, and write "
         "OUT/report.html (self-contained, works offline) and OUT/fits.json. "
-        "Table columns: see `python -c 'import analysis.table as t; help(t)'`.",
+        f"An external table needs the columns {', '.join(REQUIRED_COLUMNS)}; "
+        f"optional: {', '.join(OPTIONAL_COLUMNS)} (see `pydoc analysis.table`).",
     )
     parser.add_argument(
         "source", metavar="SOURCE", help="study results dir, or a .csv/.parquet table"

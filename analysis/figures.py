@@ -97,7 +97,7 @@ def val_loss_vs_top1(cells: pd.DataFrame, fits: dict[str, Any]) -> go.Figure:
     fig.update_layout(**style.layout("Validation loss vs fine-tuned top-1", subtitle))
     fig.update_xaxes(title_text="validation loss (masked L1, end of pre-training)")
     fig.update_yaxes(title_text="fine-tuned top-1 (%)")
-    return fig
+    return style.note_if_empty(fig, cells.empty, "no cells with both val loss and top-1")
 
 
 def overfitting_curves(
@@ -254,4 +254,4 @@ def best_top1_heatmap(cells: pd.DataFrame) -> go.Figure:
     )
     fig.update_xaxes(title_text="train data (by size)", type="category")
     fig.update_yaxes(title_text="model (by size)", type="category")
-    return fig
+    return style.note_if_empty(fig, best.empty, "no cells with a fine-tuned top-1")

@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 
 from analysis import export, figures, html
+from analysis.errors import AnalysisError
 from analysis.fits import CONFIDENCE, N_RESAMPLES, fit_correlations, fit_linear, ranking_agreement
 from analysis.overfit import PATIENCE, REL_TOL, WINDOW, fit_overfitting
 from analysis.scaling_fit import fit_scaling
@@ -78,13 +81,15 @@ def write_report(
     *,
     curves: str | Path | pd.DataFrame | None = None,
     seed: int = 0,
-) -> Path:
+) -> Path | str:
     """Analyse SOURCE and write ``fits.json``, ``report.html`` (and PNGs) into OUT_DIR.
 
     SOURCE is a study results directory, a CSV/Parquet table of cells or a DataFrame
     (columns: see :mod:`analysis.table`); ``curves`` an optional curves table for an
-    external SOURCE. Returns the path of ``report.html``. Raises ``AnalysisError`` on bad
-    input or, with ``png``, when no browser can render the figures.
+    external SOURCE. OUT_DIR is a local directory or a URI pyarrow can write to (like a
+    study's ``output_dir``). Returns the path of ``report.html`` (its URI for a remote
+    OUT_DIR). Raises ``AnalysisError`` on bad input or, with ``png``, when no browser can
+    render the figures.
     """
     results = load_results(source, curves=curves)
     fits = analyze(results, seed=seed)
@@ -92,21 +97,48 @@ def write_report(
     page = html.render_report(results, fits, figs)
     text = json.dumps(to_jsonable(fits), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
     pngs = export.render_pngs(figs) if png else {}
-    out = Path(out_dir)
-    for n, (name, data) in enumerate(pngs.items(), start=1):
-        _write(out / PNG_NAME.format(n=n, name=name), data)
-    _write(out / FITS_NAME, text.encode())
-    report = out / REPORT_NAME
-    _write(report, page.encode())
-    log.info("wrote %s, %s%s", report, FITS_NAME, f" and {len(pngs)} PNGs" if pngs else "")
+    files = {PNG_NAME.format(n=n, name=k): v for n, (k, v) in enumerate(pngs.items(), start=1)}
+    files[FITS_NAME] = text.encode()
+    files[REPORT_NAME] = page.encode()  # last: once it is there, so is the rest
+    report = _write_all(out_dir, files)
+    log.info("wrote %s and %d other files", report, len(files) - 1)
     return report
 
 
-def _write(target: Path, data: bytes) -> None:
-    """Atomic write, readable by all: reports are shared, and temp files start as 0600."""
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
-        tmp.chmod(0o644)
+def _write_all(out_dir: str | Path, files: dict[str, bytes]) -> Path | str:
+    """Write each file atomically (temp name, then rename); return the report's path."""
+    text = str(out_dir)
+    try:
+        if "://" in text and not text.startswith("file://"):
+            fs, base = filesystem(text)
+            _write_remote(fs, base.rstrip("/"), files)
+            return f"{text.rstrip('/')}/{REPORT_NAME}"
+        out = Path(filesystem(text)[1]) if "://" in text else Path(out_dir)
+        for name, data in files.items():
+            with atomic_path(out / name) as tmp:
+                tmp.write_bytes(data)
+                tmp.chmod(0o644)  # reports are shared; temp files start as 0600
+        return out / REPORT_NAME
+    except OSError as err:
+        raise AnalysisError(f"{text}: cannot write the report: {err}") from err
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow file system and path of a URI (``file://``, ``s3://``, ``gs://`` …)."""
+    return pafs.FileSystem.from_uri(uri)
+
+
+def _write_remote(fs: pafs.FileSystem, base: str, files: dict[str, bytes]) -> None:
+    fs.create_dir(base, recursive=True)
+    for name, data in files.items():
+        tmp = f"{base}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            with fs.open_output_stream(tmp) as stream:
+                stream.write(data)
+            fs.move(tmp, f"{base}/{name}")
+        finally:
+            if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+                fs.delete_file(tmp)
 
 
 def to_jsonable(value: Any) -> Any:

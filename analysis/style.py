@@ -79,3 +79,13 @@ def layout(title: str, subtitle: str | None = None, height: int = FIG_HEIGHT) ->
         "margin": {"l": 70, "r": 30, "t": 90, "b": 60},
         "legend": {"font": {"size": 11}},
     }
+
+
+def note_if_empty(fig: Any, empty: bool, text: str) -> Any:
+    """Say why a figure has nothing to show rather than draw bare axes."""
+    if empty:
+        fig.add_annotation(
+            text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+            font={"size": 15, "color": "#777"},
+        )  # fmt: skip
+    return fig

@@ -188,3 +188,39 @@ def test_cli_module_imports_nothing_heavy() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_report_to_uris(tmp_path: Path, monkeypatch) -> None:
+    import pyarrow.fs as pafs
+
+    import analysis.report
+
+    table = _small_table(tmp_path / "t.csv")
+    local = write_report(table, (tmp_path / "local").as_uri())
+    assert local == tmp_path / "local" / "report.html" and local.is_file()
+    # A remote store (s3://, gs://) stands in as a sub-tree of the local disk.
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    fake = pafs.SubTreeFileSystem(str(bucket), pafs.LocalFileSystem())
+    monkeypatch.setattr(analysis.report, "filesystem", lambda uri: (fake, "runs/x/report"))
+    remote = write_report(table, "s3://bucket/runs/x/report")
+    assert remote == "s3://bucket/runs/x/report/report.html"
+    written = sorted(p.name for p in (bucket / "runs/x/report").iterdir())
+    assert written == ["fits.json", "report.html"]  # no temp files left behind
+
+
+def test_unwritable_output_is_a_user_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(AnalysisError, match=r"file/out: cannot write the report: "):
+        write_report(_small_table(tmp_path / "t.csv"), blocker / "out")
+
+
+def test_cli_help_lists_the_required_columns() -> None:
+    import analysis.cli
+    from analysis.table import CELL_COLUMNS, OPTIONAL_CELL_COLUMNS
+
+    assert tuple(CELL_COLUMNS) == analysis.cli.REQUIRED_COLUMNS
+    assert set(analysis.cli.OPTIONAL_COLUMNS) <= set(OPTIONAL_CELL_COLUMNS)
+    with pytest.raises(SystemExit):
+        main(["analyze", "--help"])
