@@ -1,0 +1,119 @@
+"""One cell end to end on the demo data, exact resume, accumulation, failures."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scaling.config import dump_toml, to_dict
+from scaling.digests import manifest_digests
+from scaling.engine import accumulate, make_scaler, optimizer_step
+from scaling.simmim import build_simmim
+from scaling.store import ResultStore
+from scaling.trial import TrialError, run_trial
+
+
+def _run(cell, tmp_path: Path, name: str = "store") -> tuple[dict, ResultStore, str]:
+    store = ResultStore(str(tmp_path / name))
+    cell_id = cell.cell_id(manifest_digests(cell))
+    return run_trial(cell, store, cell_id), store, cell_id
+
+
+def test_one_cell_end_to_end(tiny_cell, tmp_path: Path) -> None:
+    cell = tiny_cell(iterations=6)
+    row, store, cell_id = _run(cell, tmp_path)
+    assert row["status"] == "complete"
+    assert row["cell_id"] == cell_id and row["model"] == "swinv2-nano"
+    assert row["n_train_images"] > 0 and row["iterations"] == 6
+    assert row["epochs_seen"] == pytest.approx(6 * 16 / row["n_train_images"])
+    for key in ("train_loss", "val_loss", "finetune_top1", "finetune_top5", "pretrain_flops"):
+        assert math.isfinite(row[key]), key
+    assert 0 <= row["finetune_top1"] <= row["finetune_top5"] <= 100
+    assert row["params_m"] > 0 and row["wall_s"] > 0
+    # the row and curves in the store; the val curve has the interval points and the end
+    assert store.is_complete(cell_id)
+    curves = store.read_table(f"cells/{cell_id}/curves.parquet").to_pandas()
+    val = curves[(curves.phase == "pretrain") & (curves.split == "val")]
+    assert val.step.tolist() == [3, 6]
+    assert val.value.iloc[-1] == pytest.approx(row["val_loss"])
+    assert set(curves.phase) == {"pretrain", "finetune"}
+    assert {"top1", "top5"} <= set(curves[curves.phase == "finetune"].metric)
+    assert store.exists(f"cells/{cell_id}/cell.toml")
+
+
+def test_resume_after_crash_is_exact(tiny_cell, tmp_path: Path, monkeypatch) -> None:
+    """8 steps straight == 4 steps, checkpoint, crash at 6, resume from 4 (drop path on)."""
+    cell = tiny_cell(
+        iterations=8,
+        pretrain={"checkpoint_interval": 4, "drop_path": 0.2, "val_interval": 2},
+        finetune={"enabled": False},
+    )
+    straight, _, _ = _run(cell, tmp_path, "straight")
+    marker = tmp_path / "failed-once"
+    monkeypatch.setenv("MIMSCALE_FAIL_AT", f"6:{marker}")
+    with pytest.raises(RuntimeError, match="injected fault at pre-training step 6"):
+        _run(cell, tmp_path, "crashed")
+    assert marker.exists()
+    resumed, store, cell_id = _run(cell, tmp_path, "crashed")
+    assert resumed["train_loss"] == pytest.approx(straight["train_loss"], abs=1e-6)
+    assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=1e-6)
+    curve = store.read_table(f"cells/{cell_id}/curves.parquet").to_pandas()
+    assert curve.groupby(["phase", "step", "split", "metric"]).size().max() == 1
+
+
+def test_rerun_of_complete_cell_via_cli_does_nothing(tiny_cell, tmp_path: Path) -> None:
+    cell = tiny_cell(iterations=2, finetune={"enabled": False})
+    cell_file = tmp_path / "cell.toml"
+    cell_file.write_text(dump_toml(to_dict(cell)))
+    cmd = [sys.executable, "-m", "scaling", "trial", str(cell_file), "-o", str(tmp_path / "s")]
+    first = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert first.returncode == 0, first.stderr
+    assert "val_loss" in first.stdout
+    second = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert second.returncode == 0 and "is complete" in second.stdout
+
+
+def test_nonfinite_loss_stops_the_cell(tiny_cell, tmp_path: Path) -> None:
+    cell = tiny_cell(iterations=6, pretrain={"base_lr": 1e36}, finetune={"enabled": False})
+    with pytest.raises(TrialError, match="non-finite pre-training loss"):
+        _run(cell, tmp_path)
+
+
+def test_missing_manifest_is_a_located_error(tiny_cell, tmp_path: Path) -> None:
+    cell = tiny_cell(data="demo-10pct")
+    with pytest.raises(Exception, match=r"data.manifest_dir: missing manifests: demo-10pct"):
+        manifest_digests(cell)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_accumulation_amp_and_clipping_together(dtype: torch.dtype) -> None:
+    """2 micro-batches == 1 full batch under AMP with active clipping; the norm is unscaled."""
+    torch.manual_seed(0)
+    reference = build_simmim("swinv2-nano", img_size=32)
+    images = torch.randn(8, 3, 32, 32)
+    masks = (torch.rand(8, 8, 8) > 0.4).to(torch.uint8)
+    cpu = torch.device("cpu")
+    results = {}
+    for accum in (1, 2):
+        model = build_simmim("swinv2-nano", img_size=32)
+        model.load_state_dict(reference.state_dict())
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scaler = make_scaler(cpu, dtype)
+        for _ in range(3):
+            size = 8 // accum
+            micro = iter(
+                [(images[i * size : (i + 1) * size], masks[i * size : (i + 1) * size])
+                 for i in range(accum)]
+            )  # fmt: skip
+            loss = accumulate(model, micro, accum, lambda m, b: m(*b), scaler, cpu, dtype)
+            norm = optimizer_step(model, optimizer, scaler, clip_grad=0.01)
+        results[accum] = (loss, norm, dataclasses.replace)
+        assert 0.01 < norm < 10, "grad norm must be measured on unscaled gradients"
+    assert results[2][0] == pytest.approx(results[1][0], abs=2e-3)
+    assert results[2][1] == pytest.approx(results[1][1], rel=0.1)
