@@ -321,8 +321,8 @@ def _encoder_entries(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     """The encoder's entries of an encoder or SimMIM state dict, plain key names."""
     out = {}
     for key, value in state.items():
-        for prefix in ("_orig_mod.", "module."):  # torch.compile / DDP wrappers
-            key = key.removeprefix(prefix)
+        while key.startswith(("_orig_mod.", "module.")):  # torch.compile / DDP wrappers
+            key = key.split(".", 1)[1]
         out[key] = value
     if any(k.startswith("encoder.") for k in out):  # a whole SimMIM model
         out = {k.removeprefix("encoder."): v for k, v in out.items() if k.startswith("encoder.")}

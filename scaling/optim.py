@@ -14,12 +14,13 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 
 # Parameters that are never decayed, by name component. The released SimMIM
-# code means to exempt position parameters, the mask token and norms too: it
-# skips 1-D tensors, ".bias" and the names/keywords of the encoder's
-# no_weight_decay()/no_weight_decay_keywords() (e.g. "relative_position_bias_table",
-# "absolute_pos_embed"). Those are Swin v1 names: SwinV2's 3-D logit scales
-# (heads, 1, 1) and its 2-D continuous-position-bias MLPs ("cpb_mlp") match
-# none of them and end up decayed. We exempt them by their SwinV2 names.
+# code intends the same: it skips 1-D tensors, ".bias", the encoder's
+# no_weight_decay() names and its no_weight_decay_keywords(), which for SwinV2
+# are "cpb_mlp", "logit_scale" and "relative_position_bias_table". But the
+# SimMIM wrapper prefixes every keyword with "encoder.", and a substring test
+# for "encoder.cpb_mlp" never matches "encoder.layers.0.blocks.0.attn.cpb_mlp.0.weight",
+# so the 2-D cpb MLP weights and the 3-D (heads, 1, 1) logit scales are decayed
+# there. Matching name components here exempts them as intended.
 NO_DECAY_NAMES = frozenset(
     {"mask_token", "logit_scale", "cpb_mlp", "pos_embed", "absolute_pos_embed", "cls_token"}
 )

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
+from timm.models import checkpoint_seq
 from timm.models.swin_transformer_v2 import SwinTransformerV2
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -48,7 +49,11 @@ def _vit_embed(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
 def _vit_encode(encoder: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     x = encoder._pos_embed(tokens)  # prepend the class token, add positions: (B, 1 + L, C)
     x = encoder.norm_pre(encoder.patch_drop(x))
-    x = encoder.norm(encoder.blocks(x))
+    if encoder.grad_checkpointing and torch.is_grad_enabled():  # set_grad_checkpointing()
+        x = checkpoint_seq(encoder.blocks, x)
+    else:
+        x = encoder.blocks(x)
+    x = encoder.norm(x)
     x = x[:, encoder.num_prefix_tokens :]  # (B, L, C)
     h, w = encoder.patch_embed.grid_size
     return x.transpose(1, 2).unflatten(2, (h, w))  # (B, C, h, w)

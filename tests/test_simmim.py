@@ -141,6 +141,19 @@ def test_norm_target_loss_uses_the_normalised_image() -> None:
     assert not _model("swinv2-nano").norm_target
 
 
+@pytest.mark.parametrize("name", ["swinv2-nano", "vit-nano"])
+def test_gradient_checkpointing_gives_the_same_gradients(name: str) -> None:
+    model = _model(name)
+    images, masks = _batch(name)
+    model(images, masks).backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.encoder.set_grad_checkpointing(True)
+    model(images, masks).backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, plain[n], msg=n)
+
+
 def test_only_timm_swinv2_and_vit_encoders() -> None:
     with pytest.raises(TypeError, match="SimMIM supports SwinTransformerV2, VisionTransformer"):
         SimMIM(torch.nn.Linear(2, 2))

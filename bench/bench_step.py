@@ -1,0 +1,245 @@
+"""Pre-training step throughput: images/s and model FLOPs utilisation (MFU).
+
+One step is what the trial runs: zero_grad → forward (SimMIM loss) → backward
+→ clip_grad_norm_(5.0) → AdamW step, on synthetic images and real SimMIM masks
+(data loading is benchmarked separately). FLOPs per step come from
+FlopCounterMode on the meta device (``scaling.flops``), not a formula.
+
+CPU (default when there is no GPU): the tiny flavours at batch 32, fp32::
+
+    python bench/bench_step.py
+
+GPU: swinv2-b at 192 px, bf16 autocast, fused AdamW, every combination of
+torch.compile and channels-last in one run; the batch halves on out-of-memory::
+
+    python bench/bench_step.py --models swinv2-b --batch 128 --compile both --channels-last both
+
+MFU = (FLOPs per step / step time) / peak dense bf16 FLOP/s, the peak looked
+up by device name (``PEAK_TFLOPS``) or given with ``--peak-tflops``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scaling.flops import pretrain_flops_per_image
+from scaling.masking import MaskGenerator
+from scaling.models import get_spec
+from scaling.optim import build_pretrain_optimizer
+from scaling.simmim import build_simmim
+
+# Dense bf16 tensor-core peaks in TFLOP/s, matched in order against the CUDA
+# device name (so "H100 PCIe" is tried before plain "H100", which is the SXM part).
+PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("GH200", 989.0),
+    ("H200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),
+    ("H800", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("A10G", 70.0),
+    ("L4", 121.0),
+)
+
+TINY = ("swinv2-nano", "swinv2-micro", "vit-nano")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepResult:
+    """One benchmarked configuration."""
+
+    model: str
+    img_size: int
+    batch: int
+    amp: str
+    compile: bool
+    channels_last: bool
+    ms_per_step: float
+    images_per_s: float
+    gflop_per_image: float
+    tflop_per_s: float
+    mfu: float | None
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    """Peak dense bf16 TFLOP/s of ``device``: the override, the table, or None."""
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS if key in name), None)
+
+
+def _masks(name: str, img_size: int, mask_patch: int, batch: int) -> torch.Tensor:
+    gen = MaskGenerator(
+        input_size=img_size, mask_patch_size=mask_patch, model_patch_size=get_spec(name).patch_size
+    )
+    return torch.from_numpy(np.stack([gen(0, 0, i) for i in range(batch)]))  # (B, h, w)
+
+
+def run_config(
+    name: str,
+    *,
+    img_size: int,
+    mask_patch: int,
+    batch: int,
+    amp: str,
+    compile_model: bool,
+    channels_last: bool,
+    warmup: int,
+    steps: int,
+    device: torch.device,
+    peak: float | None,
+) -> StepResult:
+    """Time ``steps`` training steps after ``warmup`` untimed ones."""
+    torch.manual_seed(0)
+    model = build_simmim(name, img_size=img_size, drop_path_rate=0.1).to(device)
+    images = torch.randn(batch, 3, img_size, img_size, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    masks = _masks(name, img_size, mask_patch, batch).to(device)
+    optimizer = build_pretrain_optimizer(model, lr=1e-4)
+    forward = torch.compile(model) if compile_model else model
+    dtype = {"bf16": torch.bfloat16, "fp32": None}[amp]
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = forward(images, masks)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = (time.perf_counter() - start) / steps
+    flops = pretrain_flops_per_image(name, img_size=img_size, mask_patch_size=mask_patch)
+    achieved = flops * batch / seconds
+    return StepResult(
+        model=name,
+        img_size=img_size,
+        batch=batch,
+        amp=amp,
+        compile=compile_model,
+        channels_last=channels_last,
+        ms_per_step=1e3 * seconds,
+        images_per_s=batch / seconds,
+        gflop_per_image=flops / 1e9,
+        tflop_per_s=achieved / 1e12,
+        mfu=achieved / (peak * 1e12) if peak else None,
+    )
+
+
+def run_fitting(name: str, *, batch: int, device: torch.device, **kwargs: object) -> StepResult:
+    """``run_config``, halving the batch on CUDA out-of-memory."""
+    while True:
+        try:
+            return run_config(name, batch=batch, device=device, **kwargs)
+        except torch.OutOfMemoryError:
+            if batch == 1:
+                raise
+            batch //= 2
+            torch.cuda.empty_cache()
+            print(f"# out of memory, retrying {name} at batch {batch}", flush=True)
+
+
+def _switch(value: str) -> list[bool]:
+    return {"on": [True], "off": [False], "both": [False, True]}[value]
+
+
+def _row(r: StepResult) -> str:
+    mfu = f"{100 * r.mfu:5.1f}%" if r.mfu is not None else "     -"
+    return (
+        f"{r.model:<13} {r.img_size:>4} {r.batch:>6} {r.amp:>5} {'on' if r.compile else 'off':>7} "
+        f"{'on' if r.channels_last else 'off':>8} {r.ms_per_step:>9.1f} {r.images_per_s:>8.1f} "
+        f"{r.gflop_per_image:>9.2f} {r.tflop_per_s:>8.2f} {mfu}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="swinv2-b" if cuda else ",".join(TINY))
+    parser.add_argument("--img-size", type=int, default=0, help="0: each model's default")
+    parser.add_argument("--mask-patch", type=int, default=0, help="0: 32 (16 below 96 px)")
+    parser.add_argument("--batch", type=int, default=128 if cuda else 32)
+    parser.add_argument("--amp", choices=("bf16", "fp32"), default="bf16" if cuda else "fp32")
+    switch = ("on", "off", "both")
+    parser.add_argument("--compile", choices=switch, default="both" if cuda else "off")
+    parser.add_argument("--channels-last", choices=switch, default="both" if cuda else "off")
+    parser.add_argument("--warmup", type=int, default=5 if cuda else 3)
+    parser.add_argument("--steps", type=int, default=20 if cuda else 10)
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="override the peak")
+    parser.add_argument("--json", type=Path, default=None, help="also write results as JSON")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    peak = peak_tflops(device, args.peak_tflops)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
+    print(
+        f"# device {device.type}: {where}, {torch.get_num_threads()} CPU threads, "
+        f"peak {peak or '?'} TFLOP/s; torch {torch.__version__}, timm {timm.__version__}"
+    )
+    print(
+        f"{'model':<13} {'img':>4} {'batch':>6} {'amp':>5} {'compile':>7} {'ch_last':>8} "
+        f"{'ms/step':>9} {'img/s':>8} {'GFLOP/im':>9} {'TFLOP/s':>8}   MFU"
+    )
+    results = []
+    for name in args.models.split(","):
+        spec = get_spec(name, key="--models")
+        img = args.img_size or spec.img_size
+        mask_patch = args.mask_patch or (32 if img >= 96 else 16)
+        for compile_model, channels_last in itertools.product(
+            _switch(args.compile), _switch(args.channels_last)
+        ):
+            result = run_fitting(
+                name,
+                batch=args.batch,
+                device=device,
+                img_size=img,
+                mask_patch=mask_patch,
+                amp=args.amp,
+                compile_model=compile_model,
+                channels_last=channels_last,
+                warmup=args.warmup,
+                steps=args.steps,
+                peak=peak,
+            )
+            results.append(result)
+            print(_row(result), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
