@@ -241,7 +241,9 @@ class FinetuneConfig:
             "accum_steps",
             f"must divide batch_size {self.batch_size}, got {self.accum_steps}",
         )
-        check(0 < self.layer_decay <= 1, "layer_decay", f"must be in (0, 1], got {self.layer_decay}")
+        check(
+            0 < self.layer_decay <= 1, "layer_decay", f"must be in (0, 1], got {self.layer_decay}"
+        )
         check(0 <= self.re_prob <= 1, "re_prob", f"must be in [0, 1], got {self.re_prob}")
         check(
             0 <= self.label_smoothing < 1,
@@ -319,6 +321,16 @@ class StudyConfig:
                 f"resources.models.{model}",
                 f"not a model of this study's grid ({', '.join(self.grid.models)})",
             )
+        check(bool(self.output_dir), "output_dir", "must not be empty")
+        for i, model in enumerate(self.grid.models):
+            _check_model_fits(model, self.pretrain, self.finetune, f"grid.models[{i}]")
+
+    def hash(self) -> str:
+        """A stable digest of what the study computes (not where it was loaded from)."""
+        d = to_dict(self)
+        d.pop("source")
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def cells(self) -> list[CellConfig]:
         """The grid in a stable order: model, data, iterations, seed, mask ratio."""
@@ -373,6 +385,24 @@ class CellConfig:
         blob = json.dumps(self.identity(digests), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def config_key(self) -> str:
+        """The cell's id without its manifest digests: the same cell across manifest rebuilds."""
+        identity = self.identity({})
+        identity.pop("digests")
+        blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def row_fields(self) -> dict[str, Any]:
+        """The cell's columns of ``cells.parquet`` known before it runs."""
+        return {
+            "model": self.model,
+            "data": self.data,
+            "iterations": self.iterations,
+            "batch_size": self.pretrain.batch_size,
+            "seed": self.seed,
+            "mask_ratio": self.pretrain.mask_ratio,
+        }
+
     def subsets(self) -> list[str]:
         """Every manifest the cell reads."""
         names = [self.data, self.data_config.val]
@@ -385,6 +415,26 @@ class CellConfig:
 
     def finetune_iterations(self, n_images: int) -> int:
         return max(1, math.ceil(self.finetune.epochs * n_images / self.finetune.batch_size))
+
+
+def _check_model_fits(
+    model: str, pretrain: PretrainConfig, finetune: FinetuneConfig, where: str
+) -> None:
+    """The model runs at the recipe's image, window and mask-patch sizes (located errors)."""
+    from scaling.errors import ModelError
+    from scaling.models import MODEL_SIZES, finetune_window, validate_sizes
+
+    spec = MODEL_SIZES[model]
+    try:
+        validate_sizes(model, pretrain.image_size, pretrain.mask_patch_size)
+        if finetune.enabled:
+            window = None
+            if spec.family == "swinv2":
+                window = finetune_window(spec, finetune.image_size, pretrain.image_size)
+            validate_sizes(model, finetune.image_size, section="finetune", window_size=window)
+    except ModelError as err:
+        key, _, message = str(err).partition(": ")
+        raise ConfigError(key, f"{message} ({where} = {model!r})") from None
 
 
 def _absolutize(raw: dict[str, Any]) -> dict[str, Any]:
@@ -428,7 +478,9 @@ def load_cell(path: str | Path, overrides: list[str] | None = None) -> CellConfi
         return from_dict(CellConfig, raw)
     except ConfigError as err:
         line = locate(text, err.key)
-        raise ConfigError(err.key, err.message, source=f"{path}:{line}" if line else str(path)) from None
+        raise ConfigError(
+            err.key, err.message, source=f"{path}:{line}" if line else str(path)
+        ) from None
 
 
 def dump_toml(data: dict[str, Any]) -> str:

@@ -70,7 +70,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(key, f"expected a list of {len(args)} values, got {value!r}")
-        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(
+            _convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     if origin is dict:
         _, vtype = typing.get_args(tp)
         if not isinstance(value, dict):
@@ -197,6 +199,6 @@ def locate(text: str, dotted: str) -> int | None:
         m = assign.match(line)
         if m:
             full = current + [p.strip().strip("\"'") for p in m.group(1).split(".")]
-            if full == table + [key] or (full[: len(table) + 1] == [*table, key]):
+            if full[: len(table) + 1] == [*table, key]:
                 return lineno
     return None

@@ -164,6 +164,13 @@ class ResultStore:
         self.write_table(f"cells/{cell_id}/curves.parquet", curves_table(points))
         self.write_table(f"cells/{cell_id}/row.parquet", cells_table([row]))
 
+    def write_failure(self, cell_id: str, fields: dict[str, Any], error: str) -> None:
+        """Mark a cell failed (its row, status ``failed``), unless it completed meanwhile."""
+        if self.is_complete(cell_id):
+            return
+        row = {**fields, "cell_id": cell_id, "status": "failed", "error": error}
+        self.write_table(f"cells/{cell_id}/row.parquet", cells_table([row]))
+
     def consolidate(self, cell_ids: list[str] | None = None) -> tuple[pa.Table, pa.Table]:
         """Rebuild ``cells.parquet`` and ``curves.parquet`` from the cell directories."""
         rows, curves = [], []
