@@ -33,6 +33,7 @@ drop-path). Fine-tuning data is in :mod:`scaling.finetune_data`.
 from __future__ import annotations
 
 import os
+import random
 from typing import Any
 
 import numpy as np
@@ -66,10 +67,17 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CROP_STREAM = 1
-"""Extra seed word that keeps the crop/flip stream independent of the mask stream."""
 
 PathLike = str | os.PathLike[str]
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
+    """The crop-and-flip generator of one sample: Mersenne Twister keyed by all three words.
+
+    Seeding it costs a few microseconds, against ~100 µs for numpy's SeedSequence, and
+    its stream is unrelated to the mask's (numpy PCG64 from the same words).
+    """
+    return random.Random((seed << 128) | (epoch << 64) | index)
 
 
 class PretrainDataset(Dataset):
@@ -100,12 +108,12 @@ class PretrainDataset(Dataset):
         epoch, index = item
 
         def load(j: int, path: str) -> torch.Tensor:
-            rng = np.random.default_rng([self.seed, epoch, j, CROP_STREAM])
+            rng = sample_rng(self.seed, epoch, j)
             image = read_image(path)
             box = random_resized_crop_box(
                 rng, image.height, image.width, self.crop_scale, self.crop_ratio
             )
-            return image.crop_resize(box, self.size, flip=bool(rng.random() < 0.5))
+            return image.crop_resize(box, self.size, flip=rng.random() < 0.5)
 
         image, report = load_with_replacement(self.manifest, self.root, index, load)
         return image, torch.from_numpy(self.mask(self.seed, epoch, index)), report

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import random
 
 import numpy as np
 import simplejpeg
@@ -100,7 +101,7 @@ def read_image(path: str) -> EncodedImage:
 
 
 def random_resized_crop_box(
-    rng: np.random.Generator,
+    rng: random.Random,
     height: int,
     width: int,
     scale: tuple[float, float],
@@ -119,8 +120,8 @@ def random_resized_crop_box(
         w = round(math.sqrt(target * aspect))
         h = round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
+            top = rng.randint(0, height - h)
+            left = rng.randint(0, width - w)
             return top, left, h, w
     aspect = width / height
     if aspect < ratio[0]:

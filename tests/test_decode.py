@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import random
 
 import numpy as np
 import pytest
@@ -132,20 +133,33 @@ def test_garbage_and_truncated_files_raise() -> None:
 def test_random_resized_crop_box_fits_and_follows_its_rng() -> None:
     for seed in range(200):
         top, left, h, w = box = random_resized_crop_box(
-            np.random.default_rng(seed), 375, 500, (0.67, 1.0), (3 / 4, 4 / 3)
+            random.Random(seed), 375, 500, (0.67, 1.0), (3 / 4, 4 / 3)
         )
         assert 0 <= top <= 375 - h and 0 <= left <= 500 - w
         assert 0.66 * 375 * 500 <= h * w <= 375 * 500
-        again = random_resized_crop_box(
-            np.random.default_rng(seed), 375, 500, (0.67, 1.0), (3 / 4, 4 / 3)
-        )
+        again = random_resized_crop_box(random.Random(seed), 375, 500, (0.67, 1.0), (3 / 4, 4 / 3))
         assert again == box
+
+
+def test_random_resized_crop_box_has_torchvision_statistics() -> None:
+    from torchvision.transforms import RandomResizedCrop
+
+    rng, image = random.Random(0), torch.empty(1, 375, 500)
+    torch.manual_seed(0)
+    ours = np.array(
+        [random_resized_crop_box(rng, 375, 500, (0.67, 1), (3 / 4, 4 / 3)) for _ in range(4000)]
+    )
+    theirs = np.array(
+        [RandomResizedCrop.get_params(image, [0.67, 1.0], [3 / 4, 4 / 3]) for _ in range(4000)]
+    )
+    for stat in (lambda b: b[:, 2] * b[:, 3], lambda b: b[:, 3] / b[:, 2], lambda b: b[:, 1]):
+        assert abs(stat(ours).mean() / stat(theirs).mean() - 1) < 0.02
 
 
 def test_random_resized_crop_box_falls_back_to_a_clamped_center_crop() -> None:
     # A 10×200 strip: no box with aspect ≤ 4/3 covers ≥ 67% of it.
     top, left, h, w = random_resized_crop_box(
-        np.random.default_rng(0), 10, 200, (0.67, 1.0), (3 / 4, 4 / 3)
+        random.Random(0), 10, 200, (0.67, 1.0), (3 / 4, 4 / 3)
     )
     assert (h, w) == (10, 13) and top == 0 and left == (200 - 13) // 2
 
