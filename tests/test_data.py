@@ -21,7 +21,7 @@ from scaling.data import (
     normalize,
     read_manifest,
 )
-from scaling.imageset import BAD_IMAGE_FLOOR, CheckedLoader
+from scaling.imageset import BAD_IMAGE_FLOOR, MAX_REPLACEMENTS, CheckedLoader
 from scaling.masking import MaskGenerator
 
 SIZE = 32
@@ -198,3 +198,16 @@ def test_mask_and_image_size_must_agree(tree: tuple[Path, Path]) -> None:
         ValueError, match="image_size: 64 differs from the mask generator's input_size 32"
     ):
         pretrain(tree, image_size=64)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_of_unreadable_images_stops_the_worker_with_a_data_error(
+    tmp_path: Path, workers: int
+) -> None:
+    manifest, paths = write_tree(tmp_path, 8 + MAX_REPLACEMENTS)
+    for rel in paths[8:]:  # the first 8 exist, so the early root check passes
+        (tmp_path / rel).unlink()
+    loader = build_val((tmp_path, manifest), batch_size=10, num_workers=workers)
+    with pytest.raises(DataError, match=rf"{MAX_REPLACEMENTS} consecutive images are unreadable"):
+        list(loader)
+    loader.close()
