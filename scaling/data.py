@@ -20,14 +20,16 @@ Public API (all keyword-only):
 - ``normalize(images, device)`` → float32 (B, 3, S, S) with ImageNet mean/std.
 
 Images leave the workers as uint8 and are normalized on the device in the training
-step: a float copy per image in the workers costs more CPU than the decode saves,
-and moves 4× the bytes to the GPU. Decoding is in :mod:`scaling.decode` (libjpeg-turbo,
-reduced-size DCT when the crop allows). A corrupt or missing image is replaced by the
-next index and counted; too many stop the run with :class:`~scaling.imageset.DataError`
-(see :mod:`scaling.imageset`). Loaders use persistent workers, pin memory only when
-CUDA is available, and their own torch generator so that creating an iterator never
-draws from the global torch RNG (which would break exact resume of dropout and
-drop-path). Fine-tuning data is in :mod:`scaling.finetune_data`.
+step (``normalize``): ToTensor + Normalize per image in the workers costs about as
+much CPU as the resize, and would move 4× the bytes to the GPU. Decoding is in
+:mod:`scaling.decode` (libjpeg-turbo, reduced-size DCT when the crop allows). A
+corrupt or missing image is replaced by the next index and counted; too many stop the
+run with :class:`~scaling.imageset.DataError` (see :mod:`scaling.imageset`). The
+returned loader has ``batch_sampler``, ``num_bad_images`` and ``close()`` (stops the
+persistent workers at once). Loaders pin memory only when CUDA is available, and have
+their own torch generator so that starting an iteration never draws from the global
+torch RNG (which would break exact resume of dropout and drop path).
+Fine-tuning data is in :mod:`scaling.finetune_data`.
 """
 
 from __future__ import annotations
