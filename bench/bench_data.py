@@ -124,7 +124,11 @@ def bench_torchvision(root: Path, workers: int, num_batches: int) -> tuple[float
         persistent_workers=workers > 0,
     )  # fmt: skip
     endless = itertools.chain.from_iterable(itertools.repeat(loader))
-    return throughput(endless, loader, lambda b: b[0], num_batches)
+    try:
+        return throughput(endless, loader, lambda b: b[0], num_batches)
+    finally:  # stop its persistent workers before the next run starts
+        if loader._iterator is not None and workers > 0:
+            loader._iterator._shutdown_workers()
 
 
 def bench_ours(
