@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from subsets.errors import SubsetError
 from subsets.listing import read_listing
@@ -252,7 +251,7 @@ def _write(plan: _Plan, fields: dict, out_dir: Path) -> ManifestResult:
     except SubsetError:
         pass
     if status == "written":
-        paths = plan.source.paths.filter(pa.array(plan.rows))
+        paths = plan.source.paths.take(plan.rows).to_arrow()
         table = manifest_table(paths, plan.labels, keys, plan.classes, plan.spec.split)
         write_manifest(table, info, target)
         logger.info("wrote %s (%d images)", target, info.num_images)

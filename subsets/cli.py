@@ -115,9 +115,16 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+
+
 def run_build(args: argparse.Namespace) -> int:
     from subsets.build import BuildConfig, build_subsets
+    from subsets.memory import keep_freed_memory
     from subsets.scan import format_skipped
+
+    keep_freed_memory()  # this process only builds: page faults cost more than RSS
 
     result = build_subsets(
         BuildConfig(
@@ -161,7 +168,7 @@ def run_build(args: argparse.Namespace) -> int:
                 f"{m.info.num_classes:,}",
                 f"{m.info.num_images:,}",
                 f"{m.per_class_min:,}",
-                f"{m.per_class_median:g}",
+                _number(m.per_class_median),
                 f"{m.per_class_max:,}",
                 m.info.digest[:16],
                 m.status,

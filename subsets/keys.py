@@ -10,7 +10,8 @@ once by :func:`path_keys` (numpy, same values). The algorithm, "mimscale-key-v1"
     key = fmix64(h XOR 0x6A09E667F3BCC909)
 
 where ``fmix64`` is MurmurHash3's 64-bit finalizer (a bijection). It is not a
-cryptographic hash; it is fast in numpy (≈0.1 s per million paths), the same on every
+cryptographic hash; it is fast in numpy (≈0.1 s per million paths, on the packed
+words of :mod:`subsets.packed`), the same on every
 machine and numpy version, and easy to reimplement. Downstream code seeds per-image
 randomness (e.g. the fixed validation mask) from it.
 
@@ -64,54 +65,36 @@ def _fmix64_inplace(h: np.ndarray, tmp: np.ndarray) -> None:
     h ^= tmp
 
 
-def _keys_of_chunk(arr: pa.Array) -> np.ndarray:
-    """Keys of one string/large_string array without nulls, word by word in numpy."""
-    offset_type = np.int64 if pa.types.is_large_string(arr.type) else np.int32
-    _, off_buf, data_buf = arr.buffers()
-    offsets = np.frombuffer(off_buf, dtype=offset_type)[arr.offset : arr.offset + len(arr) + 1]
-    lo, hi = int(offsets[0]), int(offsets[-1])
-    # Copy the bytes with 8 zero bytes of slack so that an unaligned 8-byte load at any
-    # string start stays inside the buffer; an (unaligned, stride 1) uint64 view then
-    # reads the word at byte offset p as ``words[p]``.
-    padded = np.zeros(hi - lo + 8, dtype=np.uint8)
-    if data_buf is not None:
-        padded[: hi - lo] = np.frombuffer(data_buf, dtype=np.uint8)[lo:hi]
-    words = np.ndarray(shape=(hi - lo + 1,), dtype="<u8", buffer=padded, strides=(1,))
-    start = offsets[:-1].astype(np.int64) - lo
-    length = np.diff(offsets).astype(np.int64)
-    h = length.astype(np.uint64) ^ np.uint64(_INIT)
+def _keys_of_rows(words: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    h = lengths.astype(np.uint64) ^ np.uint64(_INIT)
     tmp = np.empty_like(h)
-    for i in range(0, int(length.max()) if len(length) else 0, 8):
-        remaining = length - i
-        w = words[np.minimum(start + i, hi - lo)]  # finished strings read a dummy word
-        tail = remaining < 8
-        if tail.any():  # zero the bytes past each string's end
-            bits = (np.clip(remaining, 0, 7) * 8).astype(np.uint64)
-            w &= np.where(tail, (np.uint64(1) << bits) - np.uint64(1), np.uint64(_MASK64))
-        done = remaining <= 0
-        before = h[done] if done.any() else None
-        h ^= w
-        _fmix64_inplace(h, tmp)
-        if before is not None:
-            h[done] = before
+    mixed = np.empty_like(h)
+    for j in range(words.shape[1]):
+        np.bitwise_xor(h, words[:, j], out=mixed)
+        _fmix64_inplace(mixed, tmp)
+        np.copyto(h, mixed, where=lengths > 8 * j)  # strings of ≤ 8·j bytes are done
     h ^= np.uint64(_FINAL)
     _fmix64_inplace(h, tmp)
     return h
 
 
-def path_keys(paths: pa.Array | pa.ChunkedArray | Sequence[str], workers: int = 2) -> np.ndarray:
-    """Keys (uint64) of many paths, equal to ``[path_key(p) for p in paths]``."""
-    if not isinstance(paths, pa.Array | pa.ChunkedArray):
-        paths = pa.array(paths, type=pa.string())
-    chunks = paths.chunks if isinstance(paths, pa.ChunkedArray) else [paths]
-    if any(c.null_count for c in chunks):
-        raise ValueError("paths must not contain nulls")
-    pieces = [c.slice(i, _CHUNK) for c in chunks for i in range(0, len(c), _CHUNK)]
-    if not pieces:
+def keys_of_words(words: np.ndarray, lengths: np.ndarray, workers: int = 2) -> np.ndarray:
+    """Keys of packed paths (:class:`subsets.packed.PackedPaths` words and lengths)."""
+    bounds = [(i, min(i + _CHUNK, len(lengths))) for i in range(0, len(lengths), _CHUNK)]
+    if not bounds:
         return np.empty(0, dtype=np.uint64)
     # numpy releases the GIL in its loops, so threads use both cores.
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        return np.concatenate(list(pool.map(_keys_of_chunk, pieces)))
+        parts = pool.map(lambda b: _keys_of_rows(words[b[0] : b[1]], lengths[b[0] : b[1]]), bounds)
+        return np.concatenate(list(parts))
+
+
+def path_keys(paths: pa.Array | pa.ChunkedArray | Sequence[str]) -> np.ndarray:
+    """Keys (uint64) of many paths, equal to ``[path_key(p) for p in paths]``."""
+    from subsets.packed import pack
+
+    packed = pack(list(paths) if not isinstance(paths, pa.Array | pa.ChunkedArray) else paths)
+    return keys_of_words(packed.words, packed.lengths)
 
 
 def rank_keys(keys: np.ndarray, seed: int) -> np.ndarray:

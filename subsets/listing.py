@@ -4,10 +4,11 @@ A listing file names a tree's images without scanning it, for trees too slow to 
 on network storage. Two forms, paths relative to the data root:
 
 * one ``relative/path wnid`` per line, separated by one space (blank lines ignored);
-* CSV whose header names the columns ``path`` and ``wnid`` (use it for paths with spaces).
+  parsed by :mod:`subsets.parse` (numpy, 14.2M lines in seconds);
+* CSV whose header names the columns ``path`` and ``wnid`` (for paths with spaces);
+  parsed by pyarrow.csv.
 
-Parsing is vectorised (pyarrow.csv, multi-threaded): 14.2M lines take seconds. When it
-fails, a slow line-by-line pass finds the offending line to name it in the error.
+When the fast parse fails, a line-by-line pass finds the offending line to name it.
 """
 
 from __future__ import annotations
@@ -20,44 +21,50 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from subsets.errors import SubsetError
+from subsets.packed import ByteStrings, byte_strings
+from subsets.parse import Malformed, parse_listing
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-IMAGE_REGEX = r"\.(jpe?g|png|webp)$"  # the same set, for pyarrow (ignore_case)
-_BLOCK_SIZE = 64 << 20
 
 
 @dataclass(kw_only=True)
 class Listing:
     """Image paths and their wnids as read from one source, before sorting/selection."""
 
-    paths: pa.Array | pa.ChunkedArray
-    """Image paths (string), relative to the data root."""
-    wnids: pa.Array | pa.ChunkedArray
-    """Class of each path (string or dictionary-encoded string)."""
+    paths: ByteStrings | None
+    """Image paths, relative to the data root, in source order; None once prepared."""
+    codes: np.ndarray
+    """int32 index into ``wnids`` of every path."""
+    wnids: list[str]
+    """The distinct wnids (any order)."""
     origin: Path
     """The folder scanned or the file read; named in error messages."""
     kind: str
     """'tree' (scanned folder), 'listing' (listing file) or 'val-csv'."""
     skipped: dict[str, int] = field(default_factory=dict)
-    """Entries left out, counted by reason (``'.txt files'``, ``'directories'``, …)."""
+    """Entries left out, counted by reason (``'.txt files'``, ``'sub-folders'``, …)."""
     empty_classes: tuple[str, ...] = ()
     """Class folders that held no images (left out of the class list, with a warning)."""
     lines: np.ndarray | None = None
     """Line (1-based) in ``origin`` of every row, when known without a rescan."""
+    data_rows: np.ndarray | None = None
+    """Data row in ``origin`` of every row, once rows were dropped (non-images)."""
 
-    def where(self, row: int) -> str:
-        """Where row ``row`` came from, for error messages (file and line, or path)."""
+    def where(self, row: int, path: str | None = None) -> str:
+        """Where row ``row`` (path ``path``) came from: file and line, or folder and path."""
         if self.lines is not None:
             return f"{self.origin} line {int(self.lines[row])}"
         if self.kind == "listing":
-            return f"{self.origin} line {_line_of_row(self.origin, row)}"
-        return f"{self.origin} ({self.paths[row].as_py()})"
+            data_row = int(self.data_rows[row]) if self.data_rows is not None else row
+            return f"{self.origin} line {_line_of_row(self.origin, data_row)}"
+        if path is None and self.paths is not None:
+            path = self.paths[row]
+        return f"{self.origin} ({path})"
 
 
 def _is_csv_header(first_line: str) -> bool:
@@ -71,7 +78,7 @@ def _first_line(path: Path) -> str:
 
 
 def _data_lines(path: Path, skip_header: bool) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw line) of every non-empty data line: the rows pyarrow returns."""
+    """(line number, raw line) of every non-blank data line: the rows a parse returns."""
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, start=1):
             line = raw.rstrip(b"\r\n")
@@ -88,7 +95,7 @@ def _line_of_row(path: Path, row: int) -> int:
     raise IndexError(f"{path} has no data row {row}")
 
 
-def _bad_line(path: Path, is_csv: bool, arrow_message: str) -> SubsetError:
+def _bad_line(path: Path, is_csv: bool, detail: str) -> SubsetError:
     """Find the first line that does not parse (the slow way) and describe it."""
     header = _first_line(path).split(",") if is_csv else []
     for number, raw in _data_lines(path, skip_header=is_csv):
@@ -96,33 +103,23 @@ def _bad_line(path: Path, is_csv: bool, arrow_message: str) -> SubsetError:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
             return SubsetError(f"{path} line {number}: not valid UTF-8: {raw[:80]!r}")
-        if is_csv:
-            fields = next(csv.reader([line]))
-            if len(fields) != len(header):
-                return SubsetError(
-                    f"{path} line {number}: expected {len(header)} CSV fields "
-                    f"({','.join(header)}), got {len(fields)}: {line[:200]!r}"
+        fields = next(csv.reader([line])) if is_csv else line.split(" ")
+        if len(fields) != (len(header) if is_csv else 2) or not all(fields):
+            expected = (
+                f"{len(header)} CSV fields ({','.join(header)})"
+                if is_csv
+                else (
+                    "'<path> <wnid>' separated by one space (use the CSV form 'path,wnid' "
+                    "for paths with spaces)"
                 )
-        elif len(line.split(" ")) != 2:
-            return SubsetError(
-                f"{path} line {number}: expected '<path> <wnid>' separated by one space, "
-                f"got {line[:200]!r} (for paths with spaces use the CSV form 'path,wnid')"
             )
-    return SubsetError(f"{path}: cannot parse listing: {arrow_message}")
+            return SubsetError(f"{path} line {number}: expected {expected}, got {line[:200]!r}")
+    return SubsetError(f"{path}: cannot parse listing: {detail}")
 
 
-def _parse(path: Path, is_csv: bool) -> pa.Table:
-    read = pacsv.ReadOptions(
-        block_size=_BLOCK_SIZE,
-        column_names=None if is_csv else ["path", "wnid"],
-    )
-    parse = pacsv.ParseOptions(
-        delimiter="," if is_csv else " ",
-        quote_char='"' if is_csv else False,
-        double_quote=is_csv,
-        escape_char=False,
-        ignore_empty_lines=True,
-    )
+def _read_csv_form(path: Path) -> tuple[ByteStrings, np.ndarray, list[str]]:
+    read = pacsv.ReadOptions(block_size=64 << 20)
+    parse = pacsv.ParseOptions(delimiter=",", ignore_empty_lines=True)
     convert = pacsv.ConvertOptions(
         column_types={"path": pa.string(), "wnid": pa.string()},
         include_columns=["path", "wnid"],
@@ -130,36 +127,47 @@ def _parse(path: Path, is_csv: bool) -> pa.Table:
         quoted_strings_can_be_null=False,
     )
     try:
-        return pacsv.read_csv(path, read, parse, convert)
+        table = pacsv.read_csv(path, read, parse, convert)
     except (pa.ArrowInvalid, pa.ArrowKeyError) as err:
-        raise _bad_line(path, is_csv, str(err)) from None
+        raise _bad_line(path, True, str(err)) from None
+    wnids = table.column("wnid").combine_chunks().dictionary_encode()
+    codes = wnids.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+    return byte_strings(table.column("path")), codes, wnids.dictionary.to_pylist()
 
 
-def _check_fields(listing: Listing) -> None:
-    """Empty fields, absolute paths and '..' would all break 'relative to the data root'."""
+def check_rows(listing: Listing) -> None:
+    """Refuse empty, absolute and '..' paths and empty wnids, naming the first one."""
+    paths = listing.paths
     checks = [
-        (pc.equal(pc.binary_length(listing.paths), 0), "empty path"),
-        (pc.equal(pc.binary_length(listing.wnids), 0), "empty wnid"),
-        (pc.starts_with(listing.paths, "/"), "absolute path (must be relative to the data root)"),
-        (pc.match_substring_regex(listing.paths, r"(^|/)\.\.(/|$)"), "path with '..'"),
+        (lambda: np.flatnonzero(paths.lengths == 0), "empty path"),
+        (
+            lambda: np.flatnonzero((paths.lengths > 0) & (paths.buf[paths.starts] == ord("/"))),
+            "absolute path (must be relative to the data root)",
+        ),
+        (lambda: [r] if (r := paths.find_component(b"..")) is not None else [], "'..' in path"),
     ]
-    for bad, what in checks:
-        if pc.any(bad).as_py():
-            row = int(pc.index(bad, True).as_py())
-            raise SubsetError(f"{listing.where(row)}: {what}: {listing.paths[row].as_py()!r}")
+    for rows, what in checks:
+        found = rows()
+        if len(found):
+            row = int(found[0])
+            path = paths[row]
+            raise SubsetError(f"{listing.where(row, path)}: {what}: {path!r}")
+    if "" in listing.wnids:
+        row = int(np.flatnonzero(listing.codes == listing.wnids.index(""))[0])
+        raise SubsetError(f"{listing.where(row, paths[row])}: empty wnid for {paths[row]!r}")
 
 
 def keep_images(listing: Listing) -> Listing:
     """Drop rows whose path has no image suffix; count them in ``skipped``."""
-    is_image = pc.match_substring_regex(listing.paths, IMAGE_REGEX, ignore_case=True)
-    n_skipped = len(listing.paths) - pc.sum(is_image).as_py() if len(listing.paths) else 0
-    if not n_skipped:
-        return listing
-    listing.paths = pc.filter(listing.paths, is_image)
-    listing.wnids = pc.filter(listing.wnids, is_image)
-    if listing.lines is not None:
-        listing.lines = listing.lines[np.asarray(is_image)]
-    listing.skipped["paths without an image suffix"] = int(n_skipped)
+    kept = listing.paths.ends_with_any(tuple(s.encode() for s in IMAGE_SUFFIXES))
+    n_skipped = int(len(kept) - kept.sum())
+    if n_skipped:
+        listing.paths = listing.paths.take(kept)
+        listing.codes = listing.codes[kept]
+        if listing.lines is not None:
+            listing.lines = listing.lines[kept]
+        listing.data_rows = np.flatnonzero(kept)
+        listing.skipped["paths without an image suffix"] = n_skipped
     return listing
 
 
@@ -169,15 +177,22 @@ def read_listing(path: str | Path) -> Listing:
     if not path.is_file():
         raise SubsetError(f"listing {path}: no such file")
     is_csv = _is_csv_header(_first_line(path))
-    table = _parse(path, is_csv)
-    if table.num_rows == 0:
+    if is_csv:
+        paths, codes, wnids = _read_csv_form(path)
+    else:
+        try:
+            paths, codes, wnids = parse_listing(path)
+        except Malformed:
+            if path.stat().st_size == 0 or not any(_data_lines(path, False)):
+                raise SubsetError(f"listing {path}: no entries") from None
+            raise _bad_line(path, False, "malformed") from None
+    if not len(paths):
         raise SubsetError(f"listing {path}: no entries")
-    listing = Listing(
-        paths=table.column("path"), wnids=table.column("wnid"), origin=path, kind="listing"
-    )
-    _check_fields(listing)
+    listing = Listing(paths=paths, codes=codes, wnids=wnids, origin=path, kind="listing")
+    check_rows(listing)
+    total = len(paths)
     listing = keep_images(listing)
     if not len(listing.paths):
-        raise SubsetError(f"listing {path}: none of its {table.num_rows} paths is an image")
+        raise SubsetError(f"listing {path}: none of its {total} paths is an image")
     logger.info("read %d paths from %s", len(listing.paths), path)
     return listing

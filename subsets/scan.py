@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from subsets.errors import SubsetError
 from subsets.listing import IMAGE_SUFFIXES, Listing
+from subsets.packed import byte_strings
 
 logger = logging.getLogger(__name__)
 
@@ -114,14 +114,13 @@ def scan_tree(
         raise SubsetError(f"{what} {root}: its {len(classes)} class folders hold no images")
     paths = [f"{prefix}{c}/{name}" for c, images in kept for name in images]
     counts = np.array([len(images) for _, images in kept], dtype=np.int64)
-    codes = np.repeat(np.arange(len(kept), dtype=np.int32), counts)
-    wnids = pa.DictionaryArray.from_arrays(codes, pa.array([c for c, _ in kept]))
     if skipped:
         logger.info("%s: skipped %s", root, format_skipped(skipped))
     logger.info("scanned %d images in %d classes under %s", len(paths), len(kept), root)
     return Listing(
-        paths=pa.array(paths, type=pa.string()),
-        wnids=wnids,
+        paths=byte_strings(paths),
+        codes=np.repeat(np.arange(len(kept), dtype=np.int32), counts),
+        wnids=[c for c, _ in kept],
         origin=root,
         kind="tree",
         skipped=dict(skipped),

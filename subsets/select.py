@@ -21,6 +21,8 @@ import numpy as np
 
 from subsets.errors import SubsetError
 
+_MANY_CLASSES = 100_000
+
 
 def check_fraction(fraction: float, where: str = "fraction") -> float:
     """Return ``fraction`` as a float if it lies in (0, 1], else raise SubsetError."""
@@ -38,15 +40,30 @@ def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(labels, minlength=num_classes).astype(np.int64)
 
 
-def class_positions(labels: np.ndarray, ranks: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Position (int64) of every row within its class, classes ordered by rank."""
+def class_positions(
+    labels: np.ndarray, ranks: np.ndarray, counts: np.ndarray, distinct: bool = True
+) -> np.ndarray:
+    """Position (int64) of every row within its class, classes ordered by rank.
+
+    ``distinct``: the ranks are all different (true unless two paths share a key), so
+    any sort algorithm gives the same order; otherwise a stable sort breaks ties by row.
+    """
     if len(labels) and np.any(labels[1:] < labels[:-1]):
         raise ValueError("labels must be sorted (rows grouped by class)")
-    order = np.lexsort((ranks, labels))  # stable: equal ranks keep row order
-    starts = np.cumsum(counts) - counts
+    kind = None if distinct else "stable"
     positions = np.empty(len(labels), dtype=np.int64)
-    # Rows are grouped by class, so the j-th row of ``order`` has class labels[j].
-    positions[order] = np.arange(len(labels), dtype=np.int64) - starts[labels]
+    if len(counts) > _MANY_CLASSES:  # one global sort beats a Python loop per class
+        by_rank = np.argsort(ranks, kind=kind)
+        order = by_rank[np.argsort(labels[by_rank], kind="stable")]
+        starts = np.cumsum(counts) - counts
+        positions[order] = np.arange(len(labels), dtype=np.int64) - starts[labels]
+        return positions
+    start = 0
+    for size in counts.tolist():  # small sorts that stay in cache
+        if size:
+            within = np.argsort(ranks[start : start + size], kind=kind)
+            positions[start + within] = np.arange(size, dtype=np.int64)
+        start += size
     return positions
 
 

@@ -18,12 +18,11 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from subsets.errors import SubsetError
-from subsets.keys import path_keys, rank_keys
+from subsets.keys import keys_of_words, rank_keys
 from subsets.listing import Listing
+from subsets.packed import PackedPaths, sort_within_groups
 from subsets.select import class_counts, class_positions
 
 logger = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ class PreparedSource:
     """'train' or 'val': which input of the source this is."""
     classes: tuple[str, ...]
     """Sorted wnids; ``labels`` index into it."""
-    paths: pa.Array
+    paths: PackedPaths
     """Paths relative to the data root, sorted by (label, path)."""
     labels: np.ndarray
     """int32 label of every row (non-decreasing)."""
@@ -50,58 +49,51 @@ class PreparedSource:
     digest: str
     """Content digest of the source (see the module docstring)."""
     listing: Listing
-    """Where the rows came from (origin, skipped entries, empty classes)."""
+    """Where the rows came from (origin, skipped entries, empty classes); its rows are
+    dropped once prepared."""
+    distinct_keys: bool = True
+    """False if two different paths share a key (ranks then tie; broken by row order)."""
     _positions: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def positions(self, seed: int) -> np.ndarray:
         """Position of every row within its class in the order of ``seed``'s ranks."""
         if seed not in self._positions:
             ranks = rank_keys(self.keys, seed)
-            self._positions[seed] = class_positions(self.labels, ranks, self.counts)
+            self._positions[seed] = class_positions(
+                self.labels, ranks, self.counts, distinct=self.distinct_keys
+            )
         return self._positions[seed]
 
 
-def _encode(wnids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
-    """(int codes per row, dictionary) of a string or dictionary column."""
-    if not pa.types.is_dictionary(wnids.type):
-        wnids = pc.dictionary_encode(wnids)
-    if isinstance(wnids, pa.ChunkedArray):
-        chunks = pa.table({"w": wnids}).unify_dictionaries().column("w").chunks
-        if not chunks:
-            return np.empty(0, dtype=np.int32), []
-        codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks])
-        return codes, chunks[0].dictionary.to_pylist()
-    return wnids.indices.to_numpy(zero_copy_only=False), wnids.dictionary.to_pylist()
-
-
 def _labels(listing: Listing, classes: tuple[str, ...] | None) -> tuple[np.ndarray, tuple]:
-    codes, dictionary = _encode(listing.wnids)
     if classes is None:
-        classes = tuple(sorted(dictionary))
+        classes = tuple(sorted(listing.wnids))
     index = {w: i for i, w in enumerate(classes)}
-    unknown = [i for i, w in enumerate(dictionary) if w not in index]
+    unknown = [i for i, w in enumerate(listing.wnids) if w not in index]
     if unknown:
-        row = int(np.flatnonzero(np.isin(codes, unknown))[0])
-        names = sorted(dictionary[i] for i in unknown)
+        row = int(np.flatnonzero(np.isin(listing.codes, unknown))[0])
+        names = sorted(listing.wnids[i] for i in unknown)
         shown = ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
         raise SubsetError(
-            f"{listing.where(row)}: wnid {dictionary[codes[row]]} is unknown to train "
-            f"({len(names)} unknown wnids: {shown})"
+            f"{listing.where(row)}: wnid {listing.wnids[listing.codes[row]]} is unknown to "
+            f"train ({len(names)} unknown wnids: {shown})"
         )
-    lut = np.array([index[w] for w in dictionary], dtype=np.int32)
-    return lut[codes], classes
+    lut = np.array([index[w] for w in listing.wnids], dtype=np.int32)
+    return lut[listing.codes], classes
 
 
-def _check_duplicates(listing: Listing, paths: pa.Array, keys: np.ndarray, order: np.ndarray):
+def _check_duplicates(listing: Listing, paths: PackedPaths, keys: np.ndarray, order) -> bool:
+    """Raise on a duplicate path; return whether all keys are distinct."""
     ordered = np.sort(keys)
     same = np.flatnonzero(ordered[1:] == ordered[:-1])
     for i in same[:100]:
         rows = np.flatnonzero(keys == ordered[i])
-        a, b = (paths[int(r)].as_py() for r in rows[:2])
+        a, b = (paths[int(r)] for r in rows[:2])
         if a == b:
-            first, second = (listing.where(int(order[r])) for r in rows[:2])
+            first, second = (listing.where(int(order[r]), a) for r in rows[:2])
             raise SubsetError(f"duplicate path {a!r}: {first} and {second}")
-        logger.warning("key collision between %r and %r (harmless)", a, b)
+        logger.warning("paths %r and %r share a key (harmless)", a, b)
+    return len(same) == 0
 
 
 def source_digest(classes: tuple[str, ...], labels: np.ndarray, keys: np.ndarray) -> str:
@@ -115,27 +107,33 @@ def source_digest(classes: tuple[str, ...], labels: np.ndarray, keys: np.ndarray
 def prepare_source(
     listing: Listing, *, kind: str, input: str, classes: tuple[str, ...] | None = None
 ) -> PreparedSource:
-    """Sort ``listing`` by (wnid, path) and label it; ``classes`` fixes the class list."""
+    """Sort ``listing`` by (wnid, path) and label it; ``classes`` fixes the class list.
+
+    Takes the paths out of ``listing`` (its ``paths`` becomes None): at 14M paths the
+    packed copy replaces them rather than adding to them.
+    """
     labels, classes = _labels(listing, classes)
-    # Sort by path, then stably by label: (label, path) order with one string sort.
-    by_path = pc.sort_indices(listing.paths).to_numpy()
-    order = by_path[np.argsort(labels[by_path], kind="stable")]
-    del by_path
-    paths = listing.paths.take(pa.array(order))
-    if isinstance(paths, pa.ChunkedArray):
-        paths = paths.combine_chunks()
-    labels = labels[order]
-    keys = path_keys(paths)
-    _check_duplicates(listing, paths, keys, order)
     counts = class_counts(labels, len(classes))
+    # Group by class (a radix sort for ≤ 65,536 classes), pack the paths in that order,
+    # then sort each class's paths in place.
+    small = np.uint16 if len(classes) <= 1 << 16 else np.int64
+    by_class = np.argsort(labels.astype(small), kind="stable")
+    del labels
+    packed = listing.paths.pack(by_class)
+    listing.paths = None  # the packed copy replaces the source bytes (memory)
+    order = by_class[sort_within_groups(packed, counts)]  # listing row of each sorted row
+    labels = np.repeat(np.arange(len(classes), dtype=np.int32), counts)
+    keys = keys_of_words(packed.words, packed.lengths)
+    distinct = _check_duplicates(listing, packed, keys, order)
     return PreparedSource(
         kind=kind,
         input=input,
         classes=classes,
-        paths=paths,
+        paths=packed,
         labels=labels,
         keys=keys,
         counts=counts,
         digest=source_digest(classes, labels, keys),
         listing=listing,
+        distinct_keys=distinct,
     )

@@ -15,10 +15,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from subsets.errors import SubsetError
 from subsets.listing import Listing
+from subsets.packed import byte_strings
 from subsets.scan import check_root, scan_tree, top_level
 
 logger = logging.getLogger(__name__)
@@ -103,9 +103,12 @@ def _flat_val(val_dir: Path, files: list[str], csv_path: Path, prefix: str) -> L
     others = sum(1 for f in files if f not in images and f != csv_path.name)
     if others:
         skipped["non-image files"] = others
+    index: dict[str, int] = {}
+    codes = np.array([index.setdefault(w, len(index)) for w in wnids], dtype=np.int32)
     return Listing(
-        paths=pa.array(paths, type=pa.string()),
-        wnids=pa.array(wnids, type=pa.string()),
+        paths=byte_strings(paths),
+        codes=codes,
+        wnids=list(index),
         origin=csv_path,
         kind="val-csv",
         skipped=skipped,

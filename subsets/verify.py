@@ -19,8 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from subsets.keys import path_keys
+from subsets.keys import keys_of_words
 from subsets.manifest import ManifestInfo, content_digest, read_manifest
+from subsets.packed import pack
 from subsets.scan import DEFAULT_WORKERS, check_root
 
 logger = logging.getLogger(__name__)
@@ -72,19 +73,19 @@ def _check_table(report: VerifyReport, table: pa.Table, limit: int) -> None:
     report.add(
         "split",
         *rows(
-            np.asarray(pc.not_equal(table.column("split"), info.split)),
+            pc.not_equal(table.column("split"), info.split).to_numpy(zero_copy_only=False),
             f"split is not {info.split}",
         ),
         limit,
     )
     keys = table.column("key").to_numpy()
-    report.add("key", *rows(keys != path_keys(paths), "key is not path_key(path)"), limit)
-    order = pc.sort_indices(
-        pa.table({"l": labels, "p": paths}), [("l", "ascending"), ("p", "ascending")]
-    )
-    report.add(
-        "order", *rows(order.to_numpy() != np.arange(n), "rows not sorted by (wnid, path)"), limit
-    )
+    packed = pack(paths)
+    expected = keys_of_words(packed.words, packed.lengths)
+    report.add("key", *rows(keys != expected, "key is not path_key(path)"), limit)
+    text = packed.as_bytes()
+    before = (labels[1:] < labels[:-1]) | ((labels[1:] == labels[:-1]) & (text[1:] < text[:-1]))
+    unsorted = np.concatenate([[False], before])
+    report.add("order", *rows(unsorted, "sorts before the row above (wnid, path)"), limit)
     if content_digest(asdict(info), labels, keys) != info.digest:
         report.add("digest", 1, [f"content digest is not {info.digest}"], limit)
 
