@@ -7,7 +7,12 @@ china.jpg and flower.jpg, by random crops rescaled to about 500×375, quality 90
 Ours also draws the SimMIM mask of every sample, and its uint8 batches are normalized
 in the consuming loop (on the CPU here; on the GPU in training), which is counted.
 
+At 192 px a ~500×375 photo never allows a reduced-size decode (the crop would need
+≥ 384 px on both sides); ``--size 96`` shows that path: there every crop decodes at
+1/2 scale.
+
     .venv/bin/python bench/bench_data.py --workers 2 0
+    .venv/bin/python bench/bench_data.py --workers 0 --size 96
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from torchvision import datasets, transforms
 from scaling.data import IMAGENET_MEAN, IMAGENET_STD, build_pretrain_loader, normalize
 from scaling.masking import MaskGenerator
 
-SIZE, BATCH = 192, 64
+BATCH = 64
 CLASSES = 10
 
 
@@ -109,10 +114,10 @@ def throughput(
     return n / (time.perf_counter() - start), n / (cpu_seconds(loader) - cpu)
 
 
-def bench_torchvision(root: Path, workers: int, num_batches: int) -> tuple[float, float]:
+def bench_torchvision(root: Path, size: int, workers: int, num_batches: int) -> tuple[float, float]:
     tf = transforms.Compose(
         [
-            transforms.RandomResizedCrop(SIZE, scale=(0.67, 1.0), ratio=(3 / 4, 4 / 3)),
+            transforms.RandomResizedCrop(size, scale=(0.67, 1.0), ratio=(3 / 4, 4 / 3)),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
@@ -132,11 +137,11 @@ def bench_torchvision(root: Path, workers: int, num_batches: int) -> tuple[float
 
 
 def bench_ours(
-    root: Path, manifest: Path, workers: int, num_batches: int, norm: bool
+    root: Path, manifest: Path, size: int, workers: int, num_batches: int, norm: bool
 ) -> tuple[float, float]:
     loader = build_pretrain_loader(
-        manifest=manifest, root=root, image_size=SIZE, batch_size=BATCH, seed=0,
-        mask=MaskGenerator(input_size=SIZE, mask_patch_size=32, model_patch_size=4),
+        manifest=manifest, root=root, image_size=size, batch_size=BATCH, seed=0,
+        mask=MaskGenerator(input_size=size, mask_patch_size=size // 6, model_patch_size=4),
         num_workers=workers,
     )  # fmt: skip
     consume = (lambda b: normalize(b[0], "cpu")) if norm else (lambda b: b[0])
@@ -151,6 +156,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/tmp/mimscale-bench-photos"))
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 0])
+    parser.add_argument("--size", type=int, default=192, help="output side (divisible by 24)")
     parser.add_argument("--batches", type=int, default=30, help="timed batches per run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs; best is kept")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
@@ -158,13 +164,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     manifest = make_photos(args.data, args.images)
     print(
-        f"{args.images} JPEGs ~500×375 under {args.data}; batch {BATCH}, {SIZE} px; main-process "
-        f"torch threads {args.threads}; best of {args.rounds} alternating runs"
+        f"{args.images} JPEGs ~500×375 under {args.data}; batch {BATCH}, {args.size} px; "
+        f"main-process torch threads {args.threads}; best of {args.rounds} alternating runs"
     )
     runs: dict[str, Callable[[int], tuple[float, float]]] = {
-        "torchvision ImageFolder": lambda w: bench_torchvision(args.data, w, args.batches),
-        "ours (+normalize)": lambda w: bench_ours(args.data, manifest, w, args.batches, True),
-        "ours (uint8 only)": lambda w: bench_ours(args.data, manifest, w, args.batches, False),
+        "torchvision ImageFolder": lambda w: bench_torchvision(
+            args.data, args.size, w, args.batches
+        ),
+        "ours (+normalize)": lambda w: bench_ours(
+            args.data, manifest, args.size, w, args.batches, True
+        ),
+        "ours (uint8 only)": lambda w: bench_ours(
+            args.data, manifest, args.size, w, args.batches, False
+        ),
     }
     for workers in args.workers:
         best = dict.fromkeys(runs, (0.0, 0.0))
