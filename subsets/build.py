@@ -135,10 +135,12 @@ def _read_sources(config: BuildConfig, kind: SourceKind, specs: list[SubsetSpec]
     val_specs = [s.name for s in specs if s.split == "val"]
     if val_specs and not kind.holdout_per_class and not has_val:
         raise SubsetError(
-            f"{', '.join(val_specs)} need a val split: pass --val DIR or --val-listing FILE"
+            f"{', '.join(val_specs)} need{'s' if len(val_specs) == 1 else ''} a val split: "
+            "pass --val DIR or --val-listing FILE"
         )
     if config.train is not None:
-        listing = scan_tree(config.train, _prefix(config.train, root, "--train"), config.workers)
+        prefix = _prefix(config.train, root, "--train")
+        listing = scan_tree(config.train, prefix, config.workers, what="train")
     else:
         listing = read_listing(config.listing)
     train = prepare_source(listing, kind=kind.name, input="train")

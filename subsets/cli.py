@@ -17,9 +17,12 @@ def _csv_list(text: str) -> list[str]:
 
 
 def _fractions(text: str) -> list[float]:
-    from subsets.select import check_fraction
-
-    return [check_fraction(item, "--fraction") for item in _csv_list(text)]
+    try:
+        return [float(item) for item in _csv_list(text)]  # the range is checked by the build
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a number (or comma-separated numbers): {text!r}"
+        ) from None
 
 
 def register(subparsers: Any) -> None:
