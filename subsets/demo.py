@@ -75,12 +75,13 @@ def _write(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def _is_complete(out_dir: Path, manifests: bool) -> bool:
+def _marker(out_dir: Path) -> dict:
+    """The completion marker ({} when absent, unreadable or of another demo version)."""
     try:
         marker = json.loads((out_dir / MARKER).read_text())
     except (OSError, ValueError):
-        return False
-    return marker.get("version") == DEMO_VERSION and (marker.get("manifests") or not manifests)
+        return {}
+    return marker if marker.get("version") == DEMO_VERSION else {}
 
 
 def write_demo_tree(out_dir: Path) -> int:
@@ -103,12 +104,13 @@ def write_demo_tree(out_dir: Path) -> int:
 def build_demo(out_dir: str | Path, *, manifests: bool = True) -> Path:
     """Write the demo tree (and its manifests) under ``out_dir``; a no-op when complete."""
     out_dir = Path(out_dir).absolute()
-    if _is_complete(out_dir, manifests):
+    marker = _marker(out_dir)
+    if marker and (marker.get("manifests") or not manifests):
         logger.info("demo data set already complete in %s", out_dir)
         return out_dir
     if out_dir.exists() and not out_dir.is_dir():
         raise SubsetError(f"demo: {out_dir} exists and is not a folder")
-    count = write_demo_tree(out_dir)
+    count = marker.get("images") or write_demo_tree(out_dir)
     if manifests:
         build_subsets(
             BuildConfig(
@@ -121,5 +123,5 @@ def build_demo(out_dir: str | Path, *, manifests: bool = True) -> Path:
         )
     marker = {"version": DEMO_VERSION, "images": count, "manifests": manifests}
     atomic_write_text(out_dir / MARKER, json.dumps(marker, sort_keys=True) + "\n")
-    logger.info("wrote the demo data set (%d images) to %s", count, out_dir)
+    logger.info("demo data set (%d images) complete in %s", count, out_dir)
     return out_dir

@@ -3,8 +3,8 @@
 14.2M lines (570 MB) in seconds, with no per-line Python and no Arrow strings: the file
 is read into one byte buffer, newlines and spaces are found with vectorised compares,
 and the paths stay slices of that buffer (:class:`~subsets.packed.ByteStrings`) until
-they are packed in class order. wnids are grouped by a hash of their bytes
-(``pandas.factorize``, linear time) and the grouping is then checked byte for byte.
+they are packed in class order. wnids are grouped by Arrow's dictionary encoding of
+their zero-padded bytes.
 Any malformed line raises :class:`Malformed`; the caller then finds and names it.
 """
 
@@ -14,8 +14,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from subsets.keys import keys_of_words
 from subsets.packed import ByteStrings
 
 _NEWLINE, _SPACE, _CR = 10, 32, 13
@@ -70,30 +71,22 @@ def _fields(buf: np.ndarray, size: int, skip_first: bool) -> tuple[np.ndarray, .
 
 
 def _group(wnids: ByteStrings) -> tuple[np.ndarray, list[str]]:
-    """(int32 code per row, names) with rows of equal wnid bytes sharing a code."""
-    import pandas as pd
-
+    """(int32 code per row, names): rows with equal wnid bytes share a code."""
     packed = wnids.pack()
-    codes, _ = pd.factorize(keys_of_words(packed.words, packed.lengths), sort=False)
-    # factorize numbers the values in order of appearance: a code's first row is where
-    # it exceeds every code before it.
-    first = np.flatnonzero(np.concatenate([[True], codes[1:] > np.maximum.accumulate(codes)[:-1]]))
-    # Check the grouping byte for byte against each code's first row (a small table).
-    same = np.array_equal(packed.words, packed.words[first][codes]) and np.array_equal(
-        packed.lengths, packed.lengths[first][codes]
+    # The zero-padded rows as fixed-size binary values: Arrow's hash-based dictionary
+    # encoding groups them exactly (wnids hold no NUL bytes) in linear time.
+    width = packed.words.shape[1] * 8
+    values = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), len(packed), [None, pa.py_buffer(packed.words)]
     )
-    if not same:
-        # Two wnids share a 64-bit hash (never seen in practice): group exactly, slowly.
-        index: dict[str, int] = {}
-        codes = np.array([index.setdefault(packed[i], len(index)) for i in range(len(packed))])
-        return codes.astype(np.int32), list(index)
-    return codes.astype(np.int32), [packed[int(i)] for i in first]
+    encoded = pc.dictionary_encode(values)
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+    names = [v.rstrip(b"\0").decode("utf-8") for v in encoded.dictionary.to_pylist()]
+    return codes, names
 
 
 def _check_utf8(buf: np.ndarray, size: int) -> None:
     if size and buf[:size].max() >= 0x80:  # pure ASCII needs no further check
-        import pyarrow as pa
-
         offsets = pa.py_buffer(np.array([0, size], dtype=np.int32))
         try:
             pa.StringArray.from_buffers(1, offsets, pa.py_buffer(buf[:size])).validate(full=True)
