@@ -94,15 +94,19 @@ class FinetuneDataset(Dataset):
         else:
             epoch, index = item
 
-        def load(j: int, path: str) -> tuple[torch.Tensor, int]:
+        def load(j: int, path: str) -> tuple[Any, int]:
             image = read_image(path).to_pil()
-            if self.seed is None:
-                return self.transform(image), int(self.manifest.labels[j])
-            with seeded_rngs(self.seed, epoch, j):
-                return self.transform(image), int(self.manifest.labels[j])
+            image.load()  # decode now: only reading and decoding errors mean "bad image"
+            return image, j
 
-        (image, label), report = load_with_replacement(self.manifest, self.root, index, load)
-        return image, label, report
+        # The transform runs outside the replacement loop, so a transform bug raises
+        # instead of being counted as a corrupt image.
+        (image, j), report = load_with_replacement(self.manifest, self.root, index, load)
+        label = int(self.manifest.labels[j])
+        if self.seed is None:
+            return self.transform(image), label, report
+        with seeded_rngs(self.seed, epoch, j):
+            return self.transform(image), label, report
 
 
 class FinetuneLoaders(NamedTuple):

@@ -100,3 +100,12 @@ def test_mixup_is_seeded_per_step() -> None:
     assert torch.equal(out1, out2) and torch.equal(t1, t2) and not torch.equal(out1, out3)
     assert t1.shape == (4, 5)
     torch.testing.assert_close(t1.sum(1), torch.ones(4))
+
+
+def test_randaugment_posterize_at_full_magnitude_works() -> None:
+    """timm's increasing posterize reaches 0 bits; Pillow 13 rejects that (pinned < 13)."""
+    from PIL import Image
+    from timm.data.auto_augment import posterize
+
+    image = Image.new("RGB", (8, 8), (200, 100, 50))
+    assert posterize(image, 0).getpixel((0, 0)) == (0, 0, 0)
