@@ -315,11 +315,11 @@ class StudyConfig:
                 f"grid.models[{i}]",
                 f"unknown model {model!r}; valid: {', '.join(MODEL_SIZES)}",
             )
-        for model in self.resources.models:
+        for model in self.resources.models:  # may name sizes outside the grid (--set grids)
             check(
-                model in self.grid.models,
+                model in MODEL_SIZES,
                 f"resources.models.{model}",
-                f"not a model of this study's grid ({', '.join(self.grid.models)})",
+                f"unknown model {model!r}; valid: {', '.join(MODEL_SIZES)}",
             )
         check(bool(self.output_dir), "output_dir", "must not be empty")
         for i, model in enumerate(self.grid.models):

@@ -187,13 +187,17 @@ def test_finetune_window_must_scale(tmp_path: Path, tables: dict[str, Any]) -> N
     assert re.search(r"finetune\.image_size: 36 does not scale swinv2-nano's window 4", err), err
 
 
-def test_resources_for_a_model_outside_the_grid(tmp_path: Path, tables: dict[str, Any]) -> None:
+def test_resources_for_an_unknown_model(tmp_path: Path, tables: dict[str, Any]) -> None:
     path = write_study(tmp_path / "study.toml", tables)
-    path.write_text(path.read_text() + '\n[resources.models."swinv2-b"]\ngpus = 1\n')
+    path.write_text(path.read_text() + '\n[resources.models."swinv2-bb"]\ngpus = 1\n')
     with pytest.raises(
-        ConfigError, match=r"resources\.models\.swinv2-b: not a model of this study's grid"
+        ConfigError,
+        match=r"study\.toml:\d+: resources\.models\.swinv2-bb: unknown model 'swinv2-bb'; valid:",
     ):
         load_study(path)
+    # a size outside the grid is fine (grids shrink with --set)
+    path.write_text(path.read_text().replace("swinv2-bb", "swinv2-b"))
+    assert load_study(path).resources.for_model("swinv2-b").gpus == 1
 
 
 def test_override_errors_are_marked(tmp_path: Path, tables: dict[str, Any]) -> None:

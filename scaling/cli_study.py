@@ -1,0 +1,223 @@
+"""``mimscale plan | run | status STUDY``: a study from its TOML file to its results.
+
+``plan`` prints every cell with its derived quantities (no Ray, no GPU);
+``run`` validates, prepares the data, runs the cells that are not complete on
+Ray Tune, then writes the union tables and the report; ``status`` prints the
+table of cells from the store. Nothing heavy is imported at module level, so
+``mimscale --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Collection
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scaling.config import StudyConfig
+    from scaling.preflight import RunSet
+    from scaling.store import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    def study_parser(name: str, help_: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=description)
+        p.add_argument("study", type=Path, help="study file (studies/*.toml)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a study key, e.g. --set pretrain.batch_size=1024 (repeatable)",
+        )
+        return p
+
+    p = study_parser(
+        "plan",
+        "print every cell of a study with params, images, epochs, FLOPs, GPU-hours",
+        "Validate a study and print its cells and totals, without Ray and without a GPU. "
+        "FLOPs come from torch's FlopCounterMode on the meta device; GPU-hours assume "
+        "the stated utilization of the stated peak.",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--mfu", type=float, default=None, help="assumed MFU (default 0.40)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="peak TFLOP/s per GPU (default 989, an H100 SXM's dense bf16)",
+    )
+    p.set_defaults(func=plan_command)
+
+    p = study_parser(
+        "run",
+        "run a study's grid on Ray (resumes; a grown study runs only its new cells)",
+        "Validate the study, build the demo data if it asks for it, run every cell that is "
+        "not complete as a Ray Tune trial, then write cells.parquet, curves.parquet and the "
+        "report under output_dir.",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="join this Ray cluster (default: RAY_ADDRESS, else start a local instance)",
+    )
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between progress tables (default 5)",
+    )
+    p.add_argument("--no-report", action="store_true", help="skip the analysis report")
+    p.set_defaults(func=run_command)
+
+    p = study_parser(
+        "status",
+        "print the cells of a study: done, running, stopped, failed, pending",
+        "Print the state of every cell of a study from its results store, with the latest "
+        "validation loss; runs nothing.",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=status_command)
+
+
+def _load(args: argparse.Namespace) -> StudyConfig:
+    from scaling.config import load_study
+
+    return load_study(args.study, args.overrides)
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    from scaling.plan import DEFAULT_MFU, H100_BF16_TFLOPS, format_plan, plan_study
+
+    mfu = DEFAULT_MFU if args.mfu is None else args.mfu
+    peak = H100_BF16_TFLOPS if args.peak_tflops is None else args.peak_tflops
+    if not 0 < mfu <= 1 or peak <= 0:
+        raise _UsageError("--mfu must be in (0, 1] and --peak-tflops > 0")
+    plan = plan_study(_load(args), mfu=mfu, peak_tflops=peak)
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+    else:
+        print(format_plan(plan))
+    return 0
+
+
+class _UsageError(ValueError):
+    exit_code = 2
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from scaling.plan import cell_digests, study_subsets
+    from scaling.progress import format_status, study_status
+    from scaling.store import ResultStore
+
+    study = _load(args)
+    subsets = study_subsets(study)
+    missing = sorted(n for n, s in subsets.items() if s.digest is None)
+    cells = [
+        (study_cell.cell_id(d), study_cell)
+        for study_cell in study.cells()
+        if (d := cell_digests(study_cell, subsets)) is not None
+    ]
+    rows = study_status(ResultStore(study.output_dir), cells)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "study": study.name,
+                    "cells": [asdict(r) for r in rows],
+                    "missing_manifests": missing,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"study {study.name} → {study.output_dir}")
+    if missing:
+        print(
+            f"{len(study.cells()) - len(cells)} cells have no id yet: missing manifests "
+            f"{', '.join(missing)}"
+        )
+    print(format_status(rows))
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from scaling.preflight import prepare_run, write_study_record
+    from scaling.progress import format_status, study_status, summary
+    from scaling.store import ResultStore
+
+    study = _load(args)
+    store = ResultStore(study.output_dir)
+    run = prepare_run(study, store)  # every check before the first write
+    print(
+        f"study {study.name}: {len(run.cells)} cells, {len(run.done)} complete, "
+        f"{len(run.todo)} to run → {study.output_dir}",
+        flush=True,
+    )
+    write_study_record(store, study, run)
+    failed = _run_grid(args, study, store, run) if run.todo else {}
+    store.consolidate([c.cell_id for c in run.cells])
+    rows = study_status(store, [(c.cell_id, c.cell) for c in run.cells], running=())
+    print(format_status(rows), flush=True)
+    if not args.no_report:
+        _write_report(study.output_dir)
+    print(f"{summary(rows)} → {study.output_dir}", flush=True)
+    for cell_id, err in failed.items():
+        print(f"error: cell {cell_id} failed: {err}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _run_grid(
+    args: argparse.Namespace, study: StudyConfig, store: ResultStore, run: RunSet
+) -> dict[str, str]:
+    from scaling.grid import run_grid
+    from scaling.progress import format_status, study_status
+
+    pairs = [(c.cell_id, c.cell) for c in run.cells]
+    by_id = run.by_id()
+
+    def on_progress(running: Collection[str]) -> None:
+        print(format_status(study_status(store, pairs, running)), flush=True)
+
+    result = run_grid(
+        [(i, by_id[i].cell) for i in run.todo],
+        store,
+        address=args.address,
+        max_concurrent=study.resources.max_concurrent,
+        max_failures=study.resources.max_failures,
+        on_progress=on_progress,
+        progress_interval_s=args.progress_interval,
+        verbose=bool(getattr(args, "verbose", False)),
+    )
+    print(
+        f"grid: {len(result.completed)} completed, {len(result.failed)} failed, "
+        f"{sum(result.retries.values())} retries, {result.wall_s:.0f} s "
+        f"(up to {result.max_concurrent} cells at once)",
+        flush=True,
+    )
+    return result.failed
+
+
+def _write_report(output_dir: str) -> None:
+    try:
+        from analysis import write_report  # type: ignore[attr-defined]
+    except ImportError:
+        log.info("no analysis report yet (analysis.write_report is not installed)")
+        return
+    out = f"{output_dir.rstrip('/')}/report"
+    try:
+        path = write_report(output_dir, out)
+    except Exception as err:  # the grid's results stand without the report
+        print(f"warning: the report failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return
+    print(f"report → {path or out}", flush=True)

@@ -1,0 +1,257 @@
+"""What a study will compute, before anything runs: cells, ids, images, epochs, FLOPs, GPU-hours.
+
+Ray-free and GPU-free (``mimscale plan``): manifests are read only for their
+Parquet footer (image count, digest), FLOPs come from torch's FlopCounterMode on
+the meta device (:mod:`scaling.flops`), so nothing is allocated. Where a
+manifest is not on disk yet, the image count falls back to the published size of
+the standard subset (marked approximate) and the cell id is pending.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from scaling.config import CellConfig, DataConfig, StudyConfig
+
+log = logging.getLogger(__name__)
+
+H100_BF16_TFLOPS = 989.0
+"""Dense bf16 peak of an H100 SXM in TFLOP/s (the default throughput basis)."""
+DEFAULT_MFU = 0.40
+"""Model FLOPs utilization assumed by the GPU-hour estimate."""
+
+KNOWN_IMAGES: dict[str, int] = {
+    "in1k-100pct": 1_281_167,
+    "in1k-val": 50_000,
+    "in100": 126_689,
+    "in100-val": 5_000,
+    # fall11: 14,197,122 images in 21,841 classes, less 5 held out per class for in22k-val
+    "in22k": 14_197_122 - 5 * 21_841,
+    "in22k-val": 5 * 21_841,
+}
+"""Published sizes of the standard subsets, for planning before the manifests exist."""
+
+_PCT = re.compile(r"^(?P<prefix>.+)-(?P<pct>\d+(\.\d+)?)pct$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubsetInfo:
+    """One subset as the planner sees it."""
+
+    name: str
+    images: int | None
+    """Image count (None: unknown)."""
+    exact: bool
+    """True when counted from the manifest; False for an estimate from KNOWN_IMAGES."""
+    digest: str | None
+    """Manifest digest (None: no manifest on disk)."""
+
+
+def estimate_images(name: str) -> int | None:
+    """The standard size of ``name``; ``<prefix>-<N>pct`` as N% of ``<prefix>-100pct``.
+
+    Fractions are selected per class (round(f·n_c), at least one), so the true count of
+    a fraction differs from round(f·n) by at most the number of classes.
+    """
+    if name in KNOWN_IMAGES:
+        return KNOWN_IMAGES[name]
+    match = _PCT.match(name)
+    full = KNOWN_IMAGES.get(f"{match['prefix']}-100pct") if match else None
+    if match is None or full is None:
+        return None
+    return round(full * float(match["pct"]) / 100)
+
+
+def subset_info(data: DataConfig, name: str) -> SubsetInfo:
+    """Images and digest from the manifest's footer, else an estimate."""
+    path = data.manifest(name)
+    if path.is_file():
+        from subsets.manifest import read_manifest_info
+
+        info = read_manifest_info(path)
+        return SubsetInfo(name=name, images=info.num_images, exact=True, digest=info.digest)
+    return SubsetInfo(name=name, images=estimate_images(name), exact=False, digest=None)
+
+
+def study_subsets(study: StudyConfig) -> dict[str, SubsetInfo]:
+    """Every subset any cell of the study reads, each looked up once."""
+    names: list[str] = []
+    for cell in study.cells():
+        names += cell.subsets()
+    return {n: subset_info(study.data, n) for n in dict.fromkeys(names)}
+
+
+def cell_digests(cell: CellConfig, subsets: dict[str, SubsetInfo]) -> dict[str, str] | None:
+    """The cell's manifest digests (as :func:`scaling.digests.manifest_digests`), or None."""
+    digests = {n: subsets[n].digest for n in cell.subsets()}
+    if any(d is None for d in digests.values()):
+        return None
+    return {n: d for n, d in digests.items() if d is not None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CellPlan:
+    """One row of ``mimscale plan``."""
+
+    cell_id: str | None
+    """None until every manifest the cell reads exists."""
+    model: str
+    params_m: float
+    data: str
+    images: int | None
+    images_exact: bool
+    iterations: int
+    batch_size: int
+    seed: int
+    mask_ratio: float
+    epochs: float | None
+    """Passes over the pre-training subset: iterations × batch / images."""
+    pretrain_flops: float | None
+    """FLOPs of the whole pre-training (forward + backward per image × batch × iterations)."""
+    gpu_hours: float | None
+    """pretrain_flops at the stated throughput."""
+    gpus: float
+    """GPUs the cell holds while it runs (workers × gpus per worker)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyPlan:
+    name: str
+    source: str
+    cells: tuple[CellPlan, ...]
+    mfu: float
+    peak_tflops: float
+    axes: dict[str, int]
+
+    @property
+    def total_flops(self) -> float:
+        return sum(c.pretrain_flops or 0.0 for c in self.cells)
+
+    @property
+    def total_gpu_hours(self) -> float:
+        return sum(c.gpu_hours or 0.0 for c in self.cells)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "study": self.name,
+            "source": self.source,
+            "assumption": {
+                "mfu": self.mfu,
+                "peak_tflops": self.peak_tflops,
+                "note": "gpu_hours = pretrain_flops / (mfu * peak_tflops * 1e12) / 3600; "
+                "pre-training only",
+            },
+            "axes": self.axes,
+            "cells": [asdict(c) for c in self.cells],
+            "total": {
+                "cells": len(self.cells),
+                "pretrain_flops": self.total_flops,
+                "gpu_hours": self.total_gpu_hours,
+            },
+        }
+
+
+def _flops_per_image(model: str, image_size: int, mask_patch_size: int) -> float | None:
+    try:
+        from scaling.flops import pretrain_flops_per_image
+    except ImportError:  # pragma: no cover - the FLOP counter is part of the install
+        return None
+    return pretrain_flops_per_image(model, img_size=image_size, mask_patch_size=mask_patch_size)
+
+
+def plan_study(
+    study: StudyConfig, *, mfu: float = DEFAULT_MFU, peak_tflops: float = H100_BF16_TFLOPS
+) -> StudyPlan:
+    from scaling.models import count_params_m
+
+    subsets = study_subsets(study)
+    rows = []
+    for cell in study.cells():
+        p = cell.pretrain
+        digests = cell_digests(cell, subsets)
+        info = subsets[cell.data]
+        per_image = _flops_per_image(cell.model, p.image_size, p.mask_patch_size)
+        flops = None if per_image is None else per_image * p.batch_size * cell.iterations
+        rows.append(
+            CellPlan(
+                cell_id=None if digests is None else cell.cell_id(digests),
+                model=cell.model,
+                params_m=round(count_params_m(cell.model, p.image_size), 3),
+                data=cell.data,
+                images=info.images,
+                images_exact=info.exact,
+                iterations=cell.iterations,
+                batch_size=p.batch_size,
+                seed=cell.seed,
+                mask_ratio=p.mask_ratio,
+                epochs=None if not info.images else cell.epochs_seen(info.images),
+                pretrain_flops=flops,
+                gpu_hours=None if flops is None else flops / (mfu * peak_tflops * 1e12) / 3600,
+                gpus=cell.resources.gpus * cell.resources.workers,
+            )
+        )
+    g = study.grid
+    axes = {
+        "models": len(g.models),
+        "data": len(g.data),
+        "iterations": len(g.iterations),
+        "seeds": len(g.seeds),
+        "mask_ratios": len(g.mask_ratios) or 1,
+    }
+    return StudyPlan(
+        name=study.name,
+        source=study.source,
+        cells=tuple(rows),
+        mfu=mfu,
+        peak_tflops=peak_tflops,
+        axes=axes,
+    )
+
+
+def _si(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    for scale, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def format_plan(plan: StudyPlan) -> str:
+    """The plan as a fixed-width table with totals and the throughput assumption."""
+    axes = " × ".join(f"{n} {k}" for k, n in plan.axes.items() if n > 1 or k == "models")
+    lines = [
+        f"study {plan.name} ({plan.source}): {len(plan.cells)} cells = {axes}",
+        f"GPU-hours assume {plan.mfu:.0%} MFU of {plan.peak_tflops:g} TFLOP/s per GPU "
+        "(H100 SXM dense bf16 by default; --mfu, --peak-tflops), pre-training only",
+        "",
+    ]
+    head = (
+        f"{'cell':<16}  {'model':<12} {'params_m':>8}  {'data':<14} {'images':>11} "
+        f"{'iterations':>10} {'batch':>5} {'epochs':>8} {'flops':>10} {'gpu_h':>9}"
+    )
+    lines += [head, "-" * len(head)]
+    for c in plan.cells:
+        images = "-" if c.images is None else f"{'' if c.images_exact else '~'}{c.images:,}"
+        epochs = "-" if c.epochs is None else f"{c.epochs:.3g}"
+        gpu_h = "-" if c.gpu_hours is None else f"{c.gpu_hours:,.1f}"
+        lines.append(
+            f"{c.cell_id or 'pending-manifest':<16}  {c.model:<12} {c.params_m:>8.1f}  "
+            f"{c.data:<14} {images:>11} {c.iterations:>10} {c.batch_size:>5} {epochs:>8} "
+            f"{_si(c.pretrain_flops, 'FLOP'):>10} {gpu_h:>9}"
+        )
+    lines.append("-" * len(head))
+    total_h = plan.total_gpu_hours
+    lines.append(
+        f"total: {len(plan.cells)} cells, {_si(plan.total_flops, 'FLOP')} pre-training, "
+        f"{total_h:,.1f} GPU-hours ({total_h / 24:,.1f} GPU-days)"
+    )
+    if any(not c.images_exact for c in plan.cells):
+        lines.append(
+            "~ image count estimated from the standard subset size (no manifest on disk); "
+            "pending-manifest: the cell id needs the manifests' digests"
+        )
+    return "\n".join(lines)

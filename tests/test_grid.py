@@ -1,0 +1,134 @@
+"""The Ray grid on a local Ray instance (real Ray, CPU, real trials of tiny cells).
+
+A cell that raises mid-run is retried from its checkpoint and ends with the metrics of
+an uninterrupted run; a finished study grown by one length runs only the new cells;
+``mimscale status`` reads the same table from the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from study_helpers import demo_data, tiny_tables, write_study
+
+from scaling.cli import main
+from scaling.config import StudyConfig, load_study
+from scaling.preflight import prepare_run
+from scaling.store import ResultStore
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return demo_data(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance for the module; run_grid joins it instead of starting one."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def study_at(tmp_path: Path, data: Path, name: str, **changes: Any) -> tuple[Path, StudyConfig]:
+    path = write_study(tmp_path / f"{name}.toml", tiny_tables(data, tmp_path / name, **changes))
+    return path, load_study(path)
+
+
+def run_cells(study: StudyConfig):
+    from scaling.grid import run_grid
+
+    store = ResultStore(study.output_dir)
+    run = prepare_run(study, store)
+    by_id = run.by_id()
+    return store, run, run_grid([(i, by_id[i].cell) for i in run.todo], store, max_failures=2)
+
+
+def test_failed_cell_is_retried_from_its_checkpoint(
+    tmp_path: Path, data: Path, local_ray: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "failed-once"
+    monkeypatch.setenv("MIMSCALE_FAIL_AT", f"5:{marker}")
+    _, faulty = study_at(tmp_path, data, "faulty")
+    store, run, result = run_cells(faulty)
+    (cell_id,) = run.todo
+    assert marker.exists(), "the fault was not injected"
+    assert result.completed == [cell_id] and not result.failed
+    assert result.retries == {cell_id: 1}
+
+    monkeypatch.delenv("MIMSCALE_FAIL_AT")
+    _, clean = study_at(tmp_path, data, "clean")
+    clean_store, clean_run, clean_result = run_cells(clean)
+    assert clean_run.todo == (cell_id,)  # the same cell, another store
+    assert clean_result.completed == [cell_id] and not clean_result.retries
+
+    retried, straight = store.cell_row(cell_id), clean_store.cell_row(cell_id)
+    assert retried["status"] == straight["status"] == "complete"
+    for key in ("train_loss", "val_loss", "n_train_images", "epochs_seen", "pretrain_flops"):
+        assert retried[key] == pytest.approx(straight[key], abs=1e-6), key
+    curves = store.read_table(f"cells/{cell_id}/curves.parquet").to_pandas()
+    clean_curves = clean_store.read_table(f"cells/{cell_id}/curves.parquet").to_pandas()
+    assert curves[["phase", "step", "split", "metric"]].equals(
+        clean_curves[["phase", "step", "split", "metric"]]
+    )
+    assert curves["value"].to_numpy() == pytest.approx(clean_curves["value"].to_numpy(), abs=1e-6)
+
+
+def test_growing_a_study_runs_only_new_cells(
+    tmp_path: Path, data: Path, local_ray: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, study = study_at(tmp_path, data, "grow", grid={"iterations": [6]})
+    assert main(["run", str(path), "--no-report", "--progress-interval", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "1 cells, 0 complete, 1 to run" in out
+    store = ResultStore(study.output_dir)
+    (first,) = store.cell_ids()
+    row_file = Path(study.output_dir) / "cells" / first / "row.parquet"
+    before = (row_file.stat().st_mtime_ns, row_file.read_bytes())
+
+    # the same study again: nothing to run, Ray not needed
+    assert main(["run", str(path), "--no-report"]) == 0
+    assert "1 cells, 1 complete, 0 to run" in capsys.readouterr().out
+
+    # grown by one length: only the new cell runs
+    grown = write_study(path, tiny_tables(data, tmp_path / "grow", grid={"iterations": [6, 10]}))
+    assert main(["run", str(grown), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "2 cells, 1 complete, 1 to run" in out
+    assert "grid: 1 completed, 0 failed" in out
+    assert (row_file.stat().st_mtime_ns, row_file.read_bytes()) == before
+
+    cells = store.read_table("cells.parquet").to_pandas()
+    assert sorted(cells["iterations"]) == [6, 10]
+    assert cells["cell_id"].is_unique and (cells["status"] == "complete").all()
+    curves = store.read_table("curves.parquet").to_pandas()
+    assert set(curves["cell_id"]) == set(cells["cell_id"])
+    record = json.loads((Path(study.output_dir) / "study.json").read_text())
+    assert len(record["cells"]) == 2 and len(record["previous_hashes"]) == 1
+
+    # status: the same table from the store, nothing run
+    assert main(["status", str(grown)]) == 0
+    out = capsys.readouterr().out
+    assert "2 cells: 2 done" in out and first in out
+    assert main(["status", str(grown), "--json"]) == 0
+    states = json.loads(capsys.readouterr().out)
+    assert [c["state"] for c in states["cells"]] == ["done", "done"]
+    assert all(c["val_loss"] is not None for c in states["cells"])
+
+
+def test_env_forwarding_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scaling.grid import _set_env
+
+    monkeypatch.setenv("MIMSCALE_OLD", "1")
+    _set_env({"MIMSCALE_FAIL_AT": "3:/x"})
+    try:
+        assert "MIMSCALE_OLD" not in os.environ and os.environ["MIMSCALE_FAIL_AT"] == "3:/x"
+    finally:
+        os.environ.pop("MIMSCALE_FAIL_AT", None)
