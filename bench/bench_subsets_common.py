@@ -69,7 +69,8 @@ def in1k_listings() -> tuple[Path, Path]:
     train = write_listing(CACHE / "in1k_train.txt", 1_000, 1_281_167, 732, 1_300, seed=1)
     val = CACHE / "in1k_val.txt"
     if not val.is_file():
-        wnids = sorted({line.split(" ")[1].strip() for line in open(train)})
+        with open(train) as fh:
+            wnids = sorted({line.split(" ")[1].strip() for line in fh})
         lines = [f"val/ILSVRC2012_val_{i + 1:08d}.JPEG {wnids[i % 1000]}\n" for i in range(50_000)]
         val.write_text("".join(lines))
     return train, val

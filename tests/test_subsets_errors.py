@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -234,3 +235,18 @@ def test_cli_exits_2_and_writes_nothing(
     assert main(argv) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_file_names_that_are_not_utf8_or_hold_a_newline(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "train", {"n01": 2})
+    bad = root / "n01" / "bad\nname.jpg"
+    bad.write_bytes(b"")
+    with pytest.raises(SubsetError, match=r"train: a file name holds a newline"):
+        _build(tmp_path / "m", source_kind="folder", train=root)
+    bad.unlink()
+    with open(os.path.join(os.fsencode(root / "n01"), b"\xff\xfe.jpg"), "wb"):
+        pass
+    with pytest.raises(
+        SubsetError, match=r"train: a file name is not valid UTF-8: b'train/n01/\\xff\\xfe.jpg'"
+    ):
+        _build(tmp_path / "m", source_kind="folder", train=root)
