@@ -25,6 +25,7 @@ from subsets.manifest import (
     read_manifest_info,
     write_manifest,
 )
+from subsets.outdir import check_out_dir
 from subsets.registry import (
     SourceKind,
     SubsetSpec,
@@ -118,13 +119,19 @@ def _data_root(config: BuildConfig) -> Path | None:
 
 
 def _prefix(folder: Path, root: Path | None, flag: str) -> str:
+    """The path of ``folder`` under the data root, as the prefix of its images' paths."""
     rel = os.path.relpath(folder.absolute(), root)
-    if rel == "." or rel.startswith(".."):
+    if rel == ".":
+        return ""
+    if rel.startswith(".."):
         raise SubsetError(f"{flag} {folder} is not inside the data root {root} (see --root)")
     return rel.replace(os.sep, "/") + "/"
 
 
-def _read_sources(config: BuildConfig, kind: SourceKind, specs: list[SubsetSpec], root):
+def _read_sources(
+    config: BuildConfig, kind: SourceKind, specs: list[SubsetSpec], root: Path | None
+) -> tuple[PreparedSource, PreparedSource | None]:
+    """The prepared train source and, when a val subset needs one, the val source."""
     if (config.train is None) == (config.listing is None):
         raise SubsetError("pass the train images as --train DIR or --listing FILE (one of them)")
     if config.val is not None and config.val_listing is not None:
@@ -155,7 +162,14 @@ def _read_sources(config: BuildConfig, kind: SourceKind, specs: list[SubsetSpec]
     return train, val
 
 
-def _plan(spec: SubsetSpec, train: PreparedSource, val, seed: int, held: np.ndarray) -> _Plan:
+def _plan(
+    spec: SubsetSpec,
+    train: PreparedSource,
+    val: PreparedSource | None,
+    seed: int,
+    held: np.ndarray,
+) -> _Plan:
+    """Which rows of which source ``spec`` keeps, and their labels."""
     source = val if (spec.split == "val" and val is not None) else train
     if source is val:
         rows = np.ones(len(source.labels), dtype=bool)
@@ -183,6 +197,8 @@ def _plan(spec: SubsetSpec, train: PreparedSource, val, seed: int, held: np.ndar
         lut[[index[w] for w in classes]] = np.arange(len(classes), dtype=np.int32)
         rows &= (lut >= 0)[source.labels]
         labels = lut[source.labels[rows]]
+    if not rows.any():
+        raise SubsetError(f"{spec.name}: selects no images (see --holdout-per-class)")
     return _Plan(spec=spec, source=source, rows=rows, labels=labels, classes=classes)
 
 
@@ -201,44 +217,6 @@ def _info_fields(plan: _Plan, seed: int, held_per_class: int) -> dict:
         "num_images": int(plan.rows.sum()),
         "format_version": FORMAT_VERSION,
     }
-
-
-def _check_out_dir(out_dir: Path, fields: list[dict], targets: set[str], force: bool) -> None:
-    """Refuse an output directory holding manifests of another source or seed."""
-    if not out_dir.is_dir():
-        return
-    new = {(f["source_kind"], f["source_input"]): f for f in fields}
-    for path in sorted(out_dir.glob("*.parquet")):
-        try:
-            old = read_manifest_info(path)
-        except SubsetError:
-            if path.stem in targets and not force:
-                raise SubsetError(f"{path} exists and is not a manifest; pass --force") from None
-            continue
-        ours = [f for (kind, _), f in new.items() if kind == old.source_kind]
-        if not ours:
-            continue
-        problems = []
-        if ours[0]["seed"] != old.seed:
-            problems.append(f"with seed {old.seed}, not {ours[0]['seed']}")
-        if ours[0]["holdout_per_class"] != old.holdout_per_class:
-            problems.append(
-                f"with {old.holdout_per_class} held out per class, "
-                f"not {ours[0]['holdout_per_class']}"
-            )
-        same_input = new.get((old.source_kind, old.source_input))
-        if same_input is not None and same_input["source_digest"] != old.source_digest:
-            problems.append(
-                f"from a different {old.source_input} source (digest "
-                f"{old.source_digest[:12]}, now {same_input['source_digest'][:12]})"
-            )
-        if problems and not force:
-            raise SubsetError(
-                f"{out_dir} already holds {path.name}, built {' and '.join(problems)}; "
-                "pass --force to overwrite, or choose another --out"
-            )
-        if problems:
-            logger.warning("--force: %s was built %s", path, " and ".join(problems))
 
 
 def _write(plan: _Plan, fields: dict, out_dir: Path) -> ManifestResult:
@@ -293,7 +271,7 @@ def build_subsets(config: BuildConfig) -> BuildResult:
     held = holdout_counts(train.counts, held_per_class)
     plans = [_plan(spec, train, val, config.seed, held) for spec in specs]
     fields = [_info_fields(p, config.seed, held_per_class) for p in plans]
-    _check_out_dir(config.out_dir, fields, {s.name for s in specs}, config.force)
+    check_out_dir(config.out_dir, fields, {s.name for s in specs}, config.force)
     results = [_write(p, f, config.out_dir) for p, f in zip(plans, fields, strict=True)]
     sources = [s for s in (train, val) if s is not None]
     return BuildResult(manifests=results, sources=sources, data_root=_data_root(config))

@@ -82,14 +82,14 @@ def register(subparsers: Any) -> None:
     out.add_argument(
         "--force", action="store_true", help="overwrite manifests built from another source or seed"
     )
-    build.add_argument("--workers", type=int, default=16, help="scanning threads")
+    build.add_argument("--workers", type=int, default=8, help="scanning threads (default: 8)")
     build.set_defaults(func=run_build)
 
     verify = sub.add_parser("verify", help="check manifests against the images on disk")
     verify.add_argument("manifests", nargs="+", type=Path, metavar="MANIFEST")
     verify.add_argument("--root", type=Path, required=True, help="data root")
     verify.add_argument("--decode", action="store_true", help="also decode every image")
-    verify.add_argument("--workers", type=int, default=16, help="threads")
+    verify.add_argument("--workers", type=int, default=8, help="threads (default: 8)")
     verify.add_argument("--limit", type=int, default=10, help="offenders shown per problem")
     verify.set_defaults(func=run_verify)
 

@@ -209,3 +209,11 @@ def test_non_ascii_paths_sort_in_byte_order(tmp_path: Path) -> None:
     _build(tmp_path / "m", source_kind="folder", train=tmp_path / "t")
     expected = sorted((f"t/n1/{n}" for n in names), key=lambda p: p.encode())
     assert _paths(tmp_path / "m", "folder-100pct") == expected
+
+
+def test_data_root_can_be_the_train_folder(tmp_path: Path) -> None:
+    root = imagenet(tmp_path)
+    train = root / "train"
+    _build(tmp_path / "m", train=train, data_root=train, subsets=("in1k-10pct",))
+    paths = _paths(tmp_path / "m", "in1k-10pct")
+    assert paths[0].startswith("n01440764/") and all((train / p).is_file() for p in paths)

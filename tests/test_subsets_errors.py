@@ -250,3 +250,9 @@ def test_file_names_that_are_not_utf8_or_hold_a_newline(tmp_path: Path) -> None:
         SubsetError, match=r"train: a file name is not valid UTF-8: b'train/n01/\\xff\\xfe.jpg'"
     ):
         _build(tmp_path / "m", source_kind="folder", train=root)
+
+
+def test_an_empty_held_out_set(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "in22k", {"n01": 4, "n02": 6})
+    with pytest.raises(SubsetError, match=r"in22k-val: selects no images"):
+        _build(tmp_path / "m", source_kind="in22k", train=root, holdout_per_class=0)
