@@ -79,6 +79,16 @@ class BuildConfig:
     workers: int = DEFAULT_WORKERS
     """Threads for scanning."""
 
+    def __post_init__(self) -> None:
+        for name in ("out_dir", "train", "listing", "val", "val_csv", "val_listing", "data_root"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        if isinstance(self.subsets, str):
+            object.__setattr__(self, "subsets", (self.subsets,))
+        if self.workers < 1:
+            raise SubsetError(f"--workers: must be >= 1, got {self.workers}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class ManifestResult:

@@ -36,10 +36,32 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="subsets_verb", metavar="SUBVERB")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
-    build = sub.add_parser("build", help="scan sources and write manifests")
+    build = sub.add_parser(
+        "build",
+        help="scan sources and write manifests",
+        description="Read a train source (and a val source) and write one manifest per "
+        "subset. Paths in the manifests are relative to the data root (--root).",
+        epilog="examples:\n"
+        "  mimscale subsets build --train /data/imagenet/train --val /data/imagenet/val "
+        "--out manifests/\n"
+        "      in1k-{10,20,50,100}pct + in1k-val; paths like train/n01440764/x.JPEG under "
+        "/data/imagenet\n"
+        "  mimscale subsets build --train /data/imagenet/train --val /data/imagenet/val "
+        "--subsets in100,in100-val --out manifests/\n"
+        "  mimscale subsets build --train /data/imagenet/train --fraction 0.05 --out manifests/\n"
+        "  mimscale subsets build --listing in22k.txt --source-kind in22k --out manifests/\n"
+        "      in22k + in22k-val (5 held-out images per class); listing lines "
+        "'n01234567/n01234567_1.JPEG n01234567'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = build.add_argument_group("sources")
     src.add_argument("--train", type=Path, help="train tree ROOT/<wnid>/<image>")
-    src.add_argument("--listing", type=Path, help="listing file of train ('path wnid' lines)")
+    src.add_argument(
+        "--listing",
+        type=Path,
+        help="listing file of train: 'path wnid' lines or a path,wnid CSV, "
+        "paths relative to the data root",
+    )
     src.add_argument("--val", type=Path, help="val: class folders, or flat + LOC_val_solution.csv")
     src.add_argument(
         "--val-csv", type=Path, help="LOC_val_solution.csv (default: found beside --val)"
@@ -69,7 +91,8 @@ def register(subparsers: Any) -> None:
         type=_fractions,
         action="extend",
         default=[],
-        help="extra fraction(s) in (0, 1], e.g. 0.05 -> in1k-5pct",
+        help="fraction(s) in (0, 1] to build, e.g. 0.05 -> in1k-5pct (without --subsets: "
+        "only these)",
     )
     out.add_argument("--name-prefix", help="prefix of generated names (default: source kind)")
     out.add_argument("--seed", type=int, default=0, help="selection seed (default: 0)")

@@ -66,6 +66,7 @@ class PreparedSource:
 
 
 def _labels(listing: Listing, classes: tuple[str, ...] | None) -> tuple[np.ndarray, tuple]:
+    """(label of every row, class list); a wnid missing from a given list is an error."""
     if classes is None:
         classes = tuple(sorted(listing.wnids))
     index = {w: i for i, w in enumerate(classes)}
@@ -97,6 +98,7 @@ def _check_duplicates(listing: Listing, paths: PackedPaths, keys: np.ndarray, or
 
 
 def source_digest(classes: tuple[str, ...], labels: np.ndarray, keys: np.ndarray) -> str:
+    """blake2b-128 (hex) of the class list and the labels and keys of the sorted rows."""
     h = hashlib.blake2b(b"mimscale-source-v1", digest_size=16)
     h.update(json.dumps(list(classes)).encode())
     h.update(np.ascontiguousarray(labels, dtype="<i4").tobytes())
