@@ -53,7 +53,7 @@ def _fields(buf: np.ndarray, size: int, skip_first: bool) -> tuple[np.ndarray, .
     """(path starts, path lengths, wnid starts, wnid lengths) of the non-blank lines."""
     ends, spaces = _find_bytes(buf, size, (_NEWLINE, _SPACE))
     starts = np.empty_like(ends)
-    starts[:1] = 0
+    starts[:1] = 3 if buf[:3].tobytes() == b"\xef\xbb\xbf" else 0  # a UTF-8 byte-order mark
     starts[1:] = ends[:-1] + 1
     if skip_first:
         starts, ends = starts[1:], ends[1:]

@@ -217,3 +217,14 @@ def test_data_root_can_be_the_train_folder(tmp_path: Path) -> None:
     _build(tmp_path / "m", train=train, data_root=train, subsets=("in1k-10pct",))
     paths = _paths(tmp_path / "m", "in1k-10pct")
     assert paths[0].startswith("n01440764/") and all((train / p).is_file() for p in paths)
+
+
+def test_listing_with_bom_crlf_and_no_final_newline(tmp_path: Path) -> None:
+    root = imagenet(tmp_path)
+    lines = listing_text(root / "train", "train/").splitlines()
+    plain, odd = tmp_path / "plain.txt", tmp_path / "odd.txt"
+    plain.write_text("\n".join(lines) + "\n")
+    odd.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode())
+    _build(tmp_path / "a", listing=plain, subsets=("in1k-100pct",))
+    _build(tmp_path / "b", listing=odd, subsets=("in1k-100pct",))
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
