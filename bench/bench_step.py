@@ -195,11 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5 if cuda else 3)
     parser.add_argument("--steps", type=int, default=20 if cuda else 10)
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the peak")
     parser.add_argument("--json", type=Path, default=None, help="also write results as JSON")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
+    if args.threads:
+        # SwinV2's many small CPU ops suffer badly from OpenMP spin-waits on a
+        # busy machine; one thread per process is often faster there
+        torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
