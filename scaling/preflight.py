@@ -16,7 +16,7 @@ from pathlib import Path
 
 from scaling.config import CellConfig, StudyConfig
 from scaling.configload import ConfigError, locate, to_dict
-from scaling.plan import KNOWN_IMAGES, SubsetInfo, cell_digests, study_subsets
+from scaling.plan import KNOWN_IMAGES, SubsetInfo, cell_digests, estimate_images, study_subsets
 from scaling.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -109,19 +109,24 @@ def check_manifests(study: StudyConfig) -> dict[str, SubsetInfo]:
         else []
     )
     keys = _subset_keys(study)
-    parts = []
-    for name in missing:
+
+    order = list(keys)
+    missing.sort(key=lambda n: order.index(n) if n in order else len(order))
+
+    def hint(name: str) -> str:
+        if estimate_images(name) is not None:
+            return ""  # a standard name, only not built yet
         close = difflib.get_close_matches(name, present + list(KNOWN_IMAGES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close and close[0] != name else ""
-        parts.append(f"{name} [{keys.get(name, 'data')}]{hint}")
-    return_key = keys.get(missing[0], "data.manifest_dir")
+        return f" (did you mean {close[0]!r}?)" if close and close[0] != name else ""
+
+    where = study.data.manifest_dir
+    if len(missing) == 1:
+        listed = f"missing manifest {missing[0]} in {where}{hint(missing[0])}"
+    else:
+        parts = [f"{n} [{keys.get(n, 'data')}]{hint(n)}" for n in missing]
+        listed = f"missing manifests in {where}: {', '.join(parts)}"
     build = "" if study.data.demo else "; build them with `mimscale subsets build`"
-    raise located(
-        study,
-        return_key,
-        f"missing manifest{'s' if len(missing) > 1 else ''} in {study.data.manifest_dir}: "
-        f"{', '.join(parts)}{build}",
-    )
+    raise located(study, keys.get(missing[0], "data.manifest_dir"), listed + build)
 
 
 def resolve_cells(study: StudyConfig, subsets: dict[str, SubsetInfo]) -> list[PlannedCell]:

@@ -76,6 +76,13 @@ def write_study(path: Path, tables: dict[str, Any]) -> Path:
     return path
 
 
+def line_of_key(path: Path, section: str, key: str) -> int:
+    """1-based line of ``key = …`` inside ``[section]`` of a TOML file."""
+    lines = path.read_text().splitlines()
+    header = lines.index(f"[{section}]")
+    return next(n for n, t in enumerate(lines, 1) if n > header and t.startswith(f"{key} = "))
+
+
 def demo_data(root: Path) -> Path:
     """The embedded demo data set with its manifests (about a second to build)."""
     from subsets.demo import build_demo

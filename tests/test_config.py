@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from study_helpers import study_text, tiny_tables, write_study
+from study_helpers import line_of_key, study_text, tiny_tables, write_study
 
 from scaling.config import CellConfig, StudyConfig, dump_toml, load_cell, load_study
 from scaling.configload import ConfigError, to_dict
@@ -27,13 +27,6 @@ def error_of(tmp_path: Path, tables: dict[str, Any], overrides: list[str] | None
         load(tmp_path, tables, overrides)
     assert info.value.exit_code == 2
     return str(info.value)
-
-
-def line_of_key(path: Path, section: str, key: str) -> int:
-    """1-based line of ``key = …`` inside ``[section]``."""
-    lines = path.read_text().splitlines()
-    header = lines.index(f"[{section}]")
-    return next(n for n, t in enumerate(lines, 1) if n > header and t.startswith(f"{key} = "))
 
 
 def test_valid_study_loads_with_absolute_paths(tmp_path: Path, tables: dict[str, Any]) -> None:
