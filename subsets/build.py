@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from subsets.arrow import from_numpy
 from subsets.errors import SubsetError
 from subsets.listing import read_listing
 from subsets.manifest import (
@@ -241,7 +242,7 @@ def _write(plan: _Plan, fields: dict, out_dir: Path) -> ManifestResult:
     except SubsetError:
         pass
     if status == "written":
-        paths = plan.source.paths.take(plan.rows).to_arrow()
+        paths = plan.source.paths.filter(from_numpy(plan.rows))
         table = manifest_table(paths, plan.labels, keys, plan.classes, plan.spec.split)
         write_manifest(table, info, target)
         logger.info("wrote %s (%d images)", target, info.num_images)

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from subsets.arrow import to_numpy
 from subsets.errors import SubsetError
 from subsets.packed import ByteStrings, byte_strings
 from subsets.parse import Malformed, parse_listing
@@ -131,7 +132,7 @@ def _read_csv_form(path: Path) -> tuple[ByteStrings, np.ndarray, list[str]]:
     except (pa.ArrowInvalid, pa.ArrowKeyError) as err:
         raise _bad_line(path, True, str(err)) from None
     wnids = table.column("wnid").combine_chunks().dictionary_encode()
-    codes = wnids.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+    codes = to_numpy(wnids.indices).astype(np.int32)
     return byte_strings(table.column("path")), codes, wnids.dictionary.to_pylist()
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from subsets.arrow import from_numpy, repeated_string, string_array
 from subsets.atomic import atomic_path
 from subsets.errors import SubsetError
 
@@ -110,10 +111,10 @@ def manifest_table(
     return pa.Table.from_arrays(
         [
             paths,
-            pa.array(labels),
-            pa.DictionaryArray.from_arrays(labels, pa.array(classes, type=pa.string())),
-            pa.repeat(pa.scalar(split), len(labels)),
-            pa.array(keys, type=pa.uint64()),
+            from_numpy(labels),
+            pa.DictionaryArray.from_arrays(from_numpy(labels), string_array(list(classes))),
+            repeated_string(split, len(labels)),
+            from_numpy(np.asarray(keys, dtype=np.uint64)),
         ],
         schema=SCHEMA,
     )

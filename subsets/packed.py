@@ -156,12 +156,23 @@ class ByteStrings:
         return None
 
 
+def _from_list(paths: list[str]) -> ByteStrings:
+    encoded = [p.encode("utf-8") for p in paths]
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    starts = np.cumsum(lengths) - lengths
+    buf = np.zeros(int(lengths.sum()) + _SLACK, dtype=np.uint8)
+    buf[: len(buf) - _SLACK] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    return ByteStrings(buf, starts, lengths)
+
+
 def byte_strings(paths: pa.Array | pa.ChunkedArray | list[str]) -> ByteStrings:
     """Arrow strings (or a list of str) as :class:`ByteStrings` (one copy of the bytes)."""
     if isinstance(paths, list):
-        paths = pa.array(paths, type=pa.string())
+        return _from_list(paths)
     if isinstance(paths, pa.ChunkedArray):
-        paths = paths.combine_chunks() if paths.num_chunks else pa.array([], pa.string())
+        if not paths.num_chunks:
+            return _from_list([])
+        paths = paths.combine_chunks()
     if paths.null_count:
         raise SubsetError("paths must not be null")
     large = pa.types.is_large_string(paths.type)

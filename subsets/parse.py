@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from subsets.arrow import to_numpy
 from subsets.packed import ByteStrings
 
 _NEWLINE, _SPACE, _CR = 10, 32, 13
@@ -80,7 +81,7 @@ def _group(wnids: ByteStrings) -> tuple[np.ndarray, list[str]]:
         pa.binary(width), len(packed), [None, pa.py_buffer(packed.words)]
     )
     encoded = pc.dictionary_encode(values)
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+    codes = to_numpy(encoded.indices).astype(np.int32)
     names = [v.rstrip(b"\0").decode("utf-8") for v in encoded.dictionary.to_pylist()]
     return codes, names
 

@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from subsets.errors import SubsetError
 from subsets.keys import keys_of_words, rank_keys
@@ -38,8 +39,8 @@ class PreparedSource:
     """'train' or 'val': which input of the source this is."""
     classes: tuple[str, ...]
     """Sorted wnids; ``labels`` index into it."""
-    paths: PackedPaths
-    """Paths relative to the data root, sorted by (label, path)."""
+    paths: pa.ChunkedArray
+    """Paths (strings) relative to the data root, sorted by (label, path)."""
     labels: np.ndarray
     """int32 label of every row (non-decreasing)."""
     keys: np.ndarray
@@ -131,7 +132,7 @@ def prepare_source(
         kind=kind,
         input=input,
         classes=classes,
-        paths=packed,
+        paths=packed.to_arrow(),  # subsets filter these; the packed matrix is dropped
         labels=labels,
         keys=keys,
         counts=counts,

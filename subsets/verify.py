@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from subsets.arrow import to_numpy
 from subsets.keys import keys_of_words
 from subsets.manifest import ManifestInfo, content_digest, read_manifest
 from subsets.packed import pack
@@ -54,7 +55,7 @@ class VerifyReport:
 
 def _check_table(report: VerifyReport, table: pa.Table, limit: int) -> None:
     info, paths = report.info, table.column("path").combine_chunks()
-    labels = table.column("label").to_numpy()
+    labels = to_numpy(table.column("label"))
     n = table.num_rows
 
     def rows(bad: np.ndarray, why: str) -> tuple[int, list[str]]:
@@ -68,17 +69,17 @@ def _check_table(report: VerifyReport, table: pa.Table, limit: int) -> None:
         wnid = wnid.dictionary_encode()
     index = {w: i for i, w in enumerate(info.classes)}
     lut = np.array([index.get(w, -1) for w in wnid.dictionary.to_pylist()], dtype=np.int64)
-    wnid_label = lut[wnid.indices.to_numpy(zero_copy_only=False)] if n else lut[:0]
+    wnid_label = lut[to_numpy(wnid.indices)] if n else lut[:0]
     report.add("label", *rows(wnid_label != labels, "label disagrees with the class list"), limit)
     report.add(
         "split",
         *rows(
-            pc.not_equal(table.column("split"), info.split).to_numpy(zero_copy_only=False),
+            to_numpy(pc.not_equal(table.column("split"), info.split)),
             f"split is not {info.split}",
         ),
         limit,
     )
-    keys = table.column("key").to_numpy()
+    keys = to_numpy(table.column("key"))
     packed = pack(paths)
     expected = keys_of_words(packed.words, packed.lengths)
     report.add("key", *rows(keys != expected, "key is not path_key(path)"), limit)
