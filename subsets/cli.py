@@ -230,6 +230,15 @@ def run_demo(args: argparse.Namespace) -> int:
     from subsets.demo import build_demo
 
     out = build_demo(args.out, manifests=not args.no_manifests)
+    if not args.no_manifests:
+        from subsets.manifest import read_manifest_info
+
+        rows = [["manifest", "split", "classes", "images", "digest"]]
+        for path in sorted((out / "manifests").glob("*.parquet")):
+            info = read_manifest_info(path)
+            row = [info.name, info.split, str(info.num_classes), f"{info.num_images:,}"]
+            rows.append([*row, info.digest[:16]])
+        print(_table(rows))
     print(
         f"demo data set in {out} (data root); train/, val/, LOC_val_solution.csv"
         + ("" if args.no_manifests else f"; manifests in {out / 'manifests'}")
