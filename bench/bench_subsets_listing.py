@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_subsets_common import CACHE, in1k_listings, in22k_listing  # noqa: E402
+from bench_subsets_common import CACHE, in1k_listings, in22k_listing
 
 ROOT = Path(__file__).resolve().parents[1]
 
