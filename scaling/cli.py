@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - user errors carry an exit code
+    except Exception as err:  # user errors carry an exit code
         code = getattr(err, "exit_code", None)
         if code is None:
             raise
