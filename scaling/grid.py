@@ -209,9 +209,10 @@ def _cell_trainable(
     try:
         if cell.resources.workers > 1:
             _run_ddp(cell, cell_id, store, env)
-            return
-        _set_threads(cell.resources.cpus)
-        row = run_trial(cell, store, cell_id, report=_report_to_tune)
+            row = store.cell_row(cell_id) or {}
+        else:
+            _set_threads(cell.resources.cpus)
+            row = run_trial(cell, store, cell_id, report=_report_to_tune)
     except Exception as err:
         if getattr(err, "exit_code", None) is None:
             raise  # a crash: Tune retries the cell from its last checkpoint
@@ -219,7 +220,7 @@ def _cell_trainable(
         store.write_failure(cell_id, cell.row_fields(), error_line(err))
         tune.report({"phase": "failed"})
         return
-    _report_to_tune({"phase": "done", "val_loss": row["val_loss"], "step": cell.iterations})
+    _report_to_tune({"phase": "done", "val_loss": row.get("val_loss"), "step": cell.iterations})
 
 
 def error_line(err: BaseException) -> str:
@@ -264,6 +265,17 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _check_shared_storage(store: ResultStore) -> None:
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and store.local_path() is not None:
+        log.warning(
+            "output_dir %s is a local path on a %d-node cluster: every node must see it "
+            "(a shared file system), or use a URI such as s3://… or gs://…",
+            store.uri,
+            len(nodes),
+        )
+
+
 def run_grid(
     cells: Sequence[tuple[str, CellConfig]],
     store: ResultStore,
@@ -284,6 +296,7 @@ def run_grid(
     t0 = time.monotonic()
     try:
         configs = {cell_id: cell for cell_id, cell in cells}
+        _check_shared_storage(store)
         result.max_concurrent = concurrency(
             list(configs.values()), ray.cluster_resources(), max_concurrent
         )

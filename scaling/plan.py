@@ -9,9 +9,14 @@ the standard subset (marked approximate) and the cell id is pending.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from scaling.config import CellConfig, DataConfig, StudyConfig
@@ -109,9 +114,9 @@ class CellPlan:
     mask_ratio: float
     epochs: float | None
     """Passes over the pre-training subset: iterations × batch / images."""
-    pretrain_flops: float | None
+    pretrain_flops: float
     """FLOPs of the whole pre-training (forward + backward per image × batch × iterations)."""
-    gpu_hours: float | None
+    gpu_hours: float
     """pretrain_flops at the stated throughput."""
     gpus: float
     """GPUs the cell holds while it runs (workers × gpus per worker)."""
@@ -128,11 +133,11 @@ class StudyPlan:
 
     @property
     def total_flops(self) -> float:
-        return sum(c.pretrain_flops or 0.0 for c in self.cells)
+        return sum(c.pretrain_flops for c in self.cells)
 
     @property
     def total_gpu_hours(self) -> float:
-        return sum(c.gpu_hours or 0.0 for c in self.cells)
+        return sum(c.gpu_hours for c in self.cells)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -154,32 +159,79 @@ class StudyPlan:
         }
 
 
-def _flops_per_image(model: str, image_size: int, mask_patch_size: int) -> float | None:
+def _cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mimscale" / "plan-cache.json"
+
+
+def _cached(kind: str, model: str, compute: Callable[[], float], *args: int) -> float:
+    """``compute()`` memoized on disk: FlopCounterMode over a SwinV2-G takes seconds.
+
+    The key holds the model's registry entry and the torch and timm versions, so a
+    changed size or library recomputes; an unwritable cache only costs the time.
+    """
+    import timm
+    import torch
+
+    from scaling.models import MODEL_SIZES
+
+    key = json.dumps([kind, repr(MODEL_SIZES[model]), args, torch.__version__, timm.__version__])
+    key = hashlib.sha256(key.encode()).hexdigest()[:24]
+    path = _cache_file()
     try:
-        from scaling.flops import pretrain_flops_per_image
-    except ImportError:  # pragma: no cover - the FLOP counter is part of the install
-        return None
-    return pretrain_flops_per_image(model, img_size=image_size, mask_patch_size=mask_patch_size)
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return float(cache[key])
+    value = compute()
+    cache[key] = value
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, sort_keys=True))
+        tmp.replace(path)
+    except OSError as err:
+        log.debug("plan cache not written: %s", err)
+    return value
+
+
+def _flops_per_image(model: str, image_size: int, mask_patch_size: int) -> float:
+    from scaling.flops import pretrain_flops_per_image
+
+    return _cached(
+        "pretrain_flops_per_image",
+        model,
+        lambda: pretrain_flops_per_image(
+            model, img_size=image_size, mask_patch_size=mask_patch_size
+        ),
+        image_size,
+        mask_patch_size,
+    )
+
+
+def _params_m(model: str, image_size: int) -> float:
+    from scaling.models import count_params_m
+
+    return _cached("params_m", model, lambda: count_params_m(model, image_size), image_size)
 
 
 def plan_study(
     study: StudyConfig, *, mfu: float = DEFAULT_MFU, peak_tflops: float = H100_BF16_TFLOPS
 ) -> StudyPlan:
-    from scaling.models import count_params_m
-
     subsets = study_subsets(study)
     rows = []
     for cell in study.cells():
         p = cell.pretrain
         digests = cell_digests(cell, subsets)
         info = subsets[cell.data]
-        per_image = _flops_per_image(cell.model, p.image_size, p.mask_patch_size)
-        flops = None if per_image is None else per_image * p.batch_size * cell.iterations
+        flops = _flops_per_image(cell.model, p.image_size, p.mask_patch_size)
+        flops *= p.batch_size * cell.iterations
         rows.append(
             CellPlan(
                 cell_id=None if digests is None else cell.cell_id(digests),
                 model=cell.model,
-                params_m=round(count_params_m(cell.model, p.image_size), 3),
+                params_m=round(_params_m(cell.model, p.image_size), 3),
                 data=cell.data,
                 images=info.images,
                 images_exact=info.exact,
@@ -189,7 +241,7 @@ def plan_study(
                 mask_ratio=p.mask_ratio,
                 epochs=None if not info.images else cell.epochs_seen(info.images),
                 pretrain_flops=flops,
-                gpu_hours=None if flops is None else flops / (mfu * peak_tflops * 1e12) / 3600,
+                gpu_hours=flops / (mfu * peak_tflops * 1e12) / 3600,
                 gpus=cell.resources.gpus * cell.resources.workers,
             )
         )
@@ -214,10 +266,22 @@ def plan_study(
 def _si(value: float | None, unit: str = "") -> str:
     if value is None:
         return "-"
-    for scale, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+    for scale, prefix in (
+        (1e21, "Z"),
+        (1e18, "E"),
+        (1e15, "P"),
+        (1e12, "T"),
+        (1e9, "G"),
+        (1e6, "M"),
+    ):
         if abs(value) >= scale:
             return f"{value / scale:.3g} {prefix}{unit}"
     return f"{value:.3g} {unit}".rstrip()
+
+
+def _short(value: float) -> str:
+    """Three significant digits, without exponents: 0.0123, 4.56, 789, 12,345."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def format_plan(plan: StudyPlan) -> str:
@@ -236,8 +300,8 @@ def format_plan(plan: StudyPlan) -> str:
     lines += [head, "-" * len(head)]
     for c in plan.cells:
         images = "-" if c.images is None else f"{'' if c.images_exact else '~'}{c.images:,}"
-        epochs = "-" if c.epochs is None else f"{c.epochs:.3g}"
-        gpu_h = "-" if c.gpu_hours is None else f"{c.gpu_hours:,.1f}"
+        epochs = "-" if c.epochs is None else _short(c.epochs)
+        gpu_h = _short(c.gpu_hours)
         lines.append(
             f"{c.cell_id or 'pending-manifest':<16}  {c.model:<12} {c.params_m:>8.1f}  "
             f"{c.data:<14} {images:>11} {c.iterations:>10} {c.batch_size:>5} {epochs:>8} "
@@ -247,7 +311,7 @@ def format_plan(plan: StudyPlan) -> str:
     total_h = plan.total_gpu_hours
     lines.append(
         f"total: {len(plan.cells)} cells, {_si(plan.total_flops, 'FLOP')} pre-training, "
-        f"{total_h:,.1f} GPU-hours ({total_h / 24:,.1f} GPU-days)"
+        f"{_short(total_h)} GPU-hours ({_short(total_h / 24)} GPU-days)"
     )
     if any(not c.images_exact for c in plan.cells):
         lines.append(

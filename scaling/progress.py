@@ -118,7 +118,7 @@ def summary(rows: Sequence[CellStatus]) -> str:
 
 
 def _num(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
+    return "-" if value is None or value != value else format(value, fmt)  # None or NaN
 
 
 def format_status(rows: Sequence[CellStatus]) -> str:

@@ -123,6 +123,21 @@ def test_growing_a_study_runs_only_new_cells(
     assert all(c["val_loss"] is not None for c in states["cells"])
 
 
+def test_multi_worker_cell_runs_ddp_inside_its_trial(
+    tmp_path: Path, data: Path, local_ray: None
+) -> None:
+    # two DDP ranks (gloo, half a CPU each) through Ray Train's TorchTrainer
+    _, study = study_at(
+        tmp_path, data, "ddp", resources={"cpus": 0.5, "workers": 2, "max_failures": 0}
+    )
+    store, run, result = run_cells(study)
+    (cell_id,) = run.todo
+    assert result.completed == [cell_id], result.failed
+    row = store.cell_row(cell_id)
+    assert row["status"] == "complete" and row["n_train_images"] == 383
+    assert 0 < row["val_loss"] < 10 and 0 < row["train_loss"] < 10
+
+
 def test_env_forwarding_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     from scaling.grid import _set_env
 

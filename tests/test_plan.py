@@ -130,3 +130,27 @@ def test_plan_imports_neither_ray_nor_cuda() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "15 cells" in proc.stdout
+
+
+def test_flops_and_params_are_cached_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scaling.flops
+    import scaling.models
+    from scaling import plan
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    direct = scaling.flops.pretrain_flops_per_image("swinv2-nano", img_size=32, mask_patch_size=8)
+    assert plan._flops_per_image("swinv2-nano", 32, 8) == direct
+    assert plan._params_m("swinv2-nano", 32) == scaling.models.count_params_m("swinv2-nano", 32)
+    assert (tmp_path / "cache" / "mimscale" / "plan-cache.json").is_file()
+
+    def boom(*args: object, **kwargs: object) -> float:
+        raise AssertionError("recomputed despite the cache")
+
+    monkeypatch.setattr(scaling.flops, "pretrain_flops_per_image", boom)
+    monkeypatch.setattr(scaling.models, "count_params_m", boom)
+    assert plan._flops_per_image("swinv2-nano", 32, 8) == direct
+    assert plan._params_m("swinv2-nano", 32) > 1.0
+    with pytest.raises(AssertionError, match="recomputed"):
+        plan._flops_per_image("swinv2-nano", 64, 8)  # another size: not cached
