@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+COMPACT_OVER = 24
+"""While a grid runs, a study with more cells lists only the ones in flight."""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     def study_parser(name: str, help_: str, description: str) -> argparse.ArgumentParser:
@@ -187,7 +190,8 @@ def _run_grid(
     by_id = run.by_id()
 
     def on_progress(running: Collection[str]) -> None:
-        print(format_status(study_status(store, pairs, running)), flush=True)
+        rows = study_status(store, pairs, running)
+        print(format_status(rows, compact_over=COMPACT_OVER), flush=True)
 
     result = run_grid(
         [(i, by_id[i].cell) for i in run.todo],

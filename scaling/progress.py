@@ -121,14 +121,21 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None or value != value else format(value, fmt)  # None or NaN
 
 
-def format_status(rows: Sequence[CellStatus]) -> str:
-    """A fixed-width table, one line per cell, and a summary line."""
+def format_status(rows: Sequence[CellStatus], *, compact_over: int = 0) -> str:
+    """A fixed-width table, one line per cell, and a summary line.
+
+    With ``compact_over`` > 0 and more cells than that, only the cells that are not
+    done or pending are listed (a live view of a large grid).
+    """
+    shown = list(rows)
+    if 0 < compact_over < len(rows):
+        shown = [r for r in rows if r.state not in ("done", "pending")]
     head = (
         f"{'cell':<16}  {'model':<12} {'data':<14} {'iterations':>10}  {'state':<8} "
         f"{'phase':<9} {'step':>8} {'train_loss':>10} {'val_loss':>9} {'top1':>6}"
     )
     lines = [head, "-" * len(head)]
-    for r in rows:
+    for r in shown:
         lines.append(
             f"{r.cell_id:<16}  {r.model:<12} {r.data:<14} {r.iterations:>10}  {r.state:<8} "
             f"{r.phase or '-':<9} {_num(r.step, 'd'):>8} {_num(r.train_loss, '.4f'):>10} "
