@@ -74,9 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--progress-interval",
         type=float,
-        default=5.0,
+        default=10.0,
         metavar="S",
-        help="seconds between progress tables (default 5)",
+        help="seconds between progress tables (default 10)",
     )
     p.add_argument("--no-report", action="store_true", help="skip the analysis report")
     p.set_defaults(func=run_command)

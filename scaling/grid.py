@@ -258,8 +258,8 @@ def connect(address: str | None, *, verbose: bool = False) -> bool:
 
 
 def _quiet() -> None:
-    """Ray Tune's own console output and loggers: off (we print our own table)."""
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    """Ray Tune's own console output: off (we print our own table). Its per-trial
+    result.json files stay, under ``<output_dir>/ray``, for debugging."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -284,7 +284,7 @@ def run_grid(
     max_concurrent: int = 0,
     max_failures: int = 3,
     on_progress: ProgressHook | None = None,
-    progress_interval_s: float = 5.0,
+    progress_interval_s: float = 10.0,
     verbose: bool = False,
 ) -> GridResult:
     """Run ``cells`` (id, config) as one Tune experiment; returns what completed and failed."""
@@ -348,8 +348,6 @@ def run_grid(
             result.failed[cell_id] = message
             store.write_failure(cell_id, configs[cell_id].row_fields(), message)
         result.retries = dict(progress.retries)
-        progress.running.clear()
-        progress.tick(force=True)
     finally:
         result.wall_s = time.monotonic() - t0
         if started:
