@@ -7,6 +7,7 @@ an uninterrupted run; a finished study grown by one length runs only the new cel
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -147,3 +148,28 @@ def test_env_forwarding_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
         assert "MIMSCALE_OLD" not in os.environ and os.environ["MIMSCALE_FAIL_AT"] == "3:/x"
     finally:
         os.environ.pop("MIMSCALE_FAIL_AT", None)
+
+
+def test_concurrency_matches_the_cluster(tmp_path: Path, data: Path) -> None:
+    from scaling.configload import ConfigError
+    from scaling.grid import concurrency, placement
+
+    _, study = study_at(tmp_path, data, "res", grid={"models": ["swinv2-nano", "swinv2-micro"]})
+    nano, micro = study.cells()
+    cluster = {"CPU": 16.0, "GPU": 0.0}
+    assert concurrency([nano, micro], cluster) == 16
+    assert concurrency([nano], cluster, cap=3) == 3
+    assert placement(nano).required_resources == {"CPU": 1.0}
+
+    gpu = dataclasses.replace(nano.resources, cpus=10.0, gpus=1.0, workers=8)
+    big = dataclasses.replace(nano, resources=gpu)
+    # four 8-GPU nodes: four 8-worker cells at once; their DDP workers get their own
+    # placement groups, the trial itself only a sliver of a CPU
+    assert concurrency([big], {"CPU": 4 * 96.0, "GPU": 32.0}) == 4
+    assert placement(big).required_resources["CPU"] < 0.1
+    with pytest.raises(
+        ConfigError,
+        match=r"resources: a swinv2-nano cell needs 80 CPU, 8 GPU "
+        r"but the Ray cluster has 16 CPU, 0 GPU",
+    ):
+        concurrency([big], cluster)
