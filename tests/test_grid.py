@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,18 @@ def test_concurrency_matches_the_cluster(tmp_path: Path, data: Path) -> None:
         r"but the Ray cluster has 16 CPU, 0 GPU",
     ):
         concurrency([big], cluster)
+
+
+def test_a_user_error_fails_the_cell_without_retries(
+    tmp_path: Path, data: Path, local_ray: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a learning rate that diverges: the trial stops with a TrialError, which no retry fixes
+    path, study = study_at(
+        tmp_path, data, "diverge", pretrain={"base_lr": 1e12, "warmup_fraction": 0.0}
+    )
+    assert main(["run", str(path), "--no-report"]) == 1
+    captured = capsys.readouterr()
+    assert "grid: 0 completed, 1 failed, 0 retries" in captured.out
+    assert re.search(r"error: cell [0-9a-f]{16} failed: TrialError: .*non-finite", captured.err)
+    cells = ResultStore(study.output_dir).read_table("cells.parquet").to_pandas()
+    assert list(cells["status"]) == ["failed"] and "non-finite" in cells["error"][0]
