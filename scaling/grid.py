@@ -207,6 +207,7 @@ def _cell_trainable(
         tune.report({"step": cell.iterations, "phase": "done"})
         return
     try:
+        _check_digests(cell, cell_id, store)
         if cell.resources.workers > 1:
             _run_ddp(cell, cell_id, store, env)
             row = store.cell_row(cell_id) or {}
@@ -221,6 +222,21 @@ def _cell_trainable(
         tune.report({"phase": "failed"})
         return
     _report_to_tune({"phase": "done", "val_loss": row.get("val_loss"), "step": cell.iterations})
+
+
+def _check_digests(cell: CellConfig, cell_id: str, store: ResultStore) -> None:
+    """Refuse a cell whose manifests changed after the driver planned it (a rebuild while
+    the grid ran): its id, and every result it would write, stand for the old ones."""
+    from scaling.digests import manifest_digests
+
+    planned = (store.read_json(f"cells/{cell_id}/cell.json") or {}).get("digests")
+    now = manifest_digests(cell)
+    if planned is not None and planned != now:
+        changed = sorted(n for n in now if planned.get(n) != now[n])
+        raise ConfigError(
+            "data.manifest_dir",
+            f"cell {cell_id}: manifests changed since it was planned: {', '.join(changed)}",
+        )
 
 
 def error_line(err: BaseException) -> str:

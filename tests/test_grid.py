@@ -189,3 +189,21 @@ def test_a_user_error_fails_the_cell_without_retries(
     assert re.search(r"error: cell [0-9a-f]{16} failed: TrialError: .*non-finite", captured.err)
     cells = ResultStore(study.output_dir).read_table("cells.parquet").to_pandas()
     assert list(cells["status"]) == ["failed"] and "non-finite" in cells["error"][0]
+
+
+def test_a_manifest_rebuilt_after_planning_refuses_the_cell(tmp_path: Path, data: Path) -> None:
+    from scaling.configload import ConfigError
+    from scaling.grid import _check_digests
+
+    _, study = study_at(tmp_path, data, "rebuilt")
+    store = ResultStore(study.output_dir)
+    (planned,) = prepare_run(study, store).cells
+    _check_digests(planned.cell, planned.cell_id, store)  # nothing recorded yet: fine
+    store.write_json(f"cells/{planned.cell_id}/cell.json", planned.record())
+    _check_digests(planned.cell, planned.cell_id, store)
+    store.write_json(
+        f"cells/{planned.cell_id}/cell.json",
+        {**planned.record(), "digests": {**planned.digests, "demo-val": "0" * 32}},
+    )
+    with pytest.raises(ConfigError, match=r"manifests changed since it was planned: demo-val"):
+        _check_digests(planned.cell, planned.cell_id, store)
