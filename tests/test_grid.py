@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from study_helpers import demo_data, tiny_tables, write_study
+from study_helpers import tiny_tables, write_study
 
 from scaling.cli import main
 from scaling.config import StudyConfig, load_study
@@ -26,9 +26,9 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return demo_data(tmp_path_factory.mktemp("demo"))
+@pytest.fixture
+def data(demo_dir: Path) -> Path:
+    return demo_dir  # the session's demo data set (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from study_helpers import demo_data, tiny_tables, write_study
+from study_helpers import tiny_tables, write_study
 
 from scaling.config import load_study
 from scaling.preflight import prepare_run
@@ -42,9 +42,9 @@ def cluster():
     cluster.shutdown()
 
 
-def test_worker_node_dies_mid_grid(tmp_path: Path, cluster) -> None:
+def test_worker_node_dies_mid_grid(tmp_path: Path, demo_dir: Path, cluster) -> None:
     head, workers = cluster
-    data = demo_data(tmp_path / "demo")
+    data = demo_dir
     path = write_study(
         tmp_path / "study.toml",
         tiny_tables(

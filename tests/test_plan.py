@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from study_helpers import REPO, demo_data, tiny_tables, write_study
+from study_helpers import REPO, tiny_tables, write_study
 
 from scaling.cli import main
 from scaling.config import load_study
@@ -94,8 +94,8 @@ def test_plan_overrides_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> Non
     assert "paper.toml:" in err and "pretrain.mask_ratio: must be in (0, 1), got 1.5" in err
 
 
-def test_plan_with_manifests_gives_ids_and_exact_counts(tmp_path: Path) -> None:
-    data = demo_data(tmp_path / "demo")
+def test_plan_with_manifests_gives_ids_and_exact_counts(tmp_path: Path, demo_dir: Path) -> None:
+    data = demo_dir
     study = load_study(
         write_study(
             tmp_path / "s.toml",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from study_helpers import REPO, demo_data, line_of_key, tiny_tables, write_study
+from study_helpers import REPO, line_of_key, tiny_tables, write_study
 
 from scaling.cli import main
 from scaling.config import load_study
@@ -31,9 +31,9 @@ print(json.dumps({"results": out, "ray_imported": "ray" in sys.modules}))
 """
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return demo_data(tmp_path_factory.mktemp("demo"))
+@pytest.fixture
+def data(demo_dir: Path) -> Path:
+    return demo_dir  # the session's demo data set (conftest.py)
 
 
 def case(section: str, key: str, value: Any) -> dict[str, Any]:

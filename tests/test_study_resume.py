@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from study_helpers import REPO, demo_data, tiny_tables, write_study
+from study_helpers import REPO, tiny_tables, write_study
 
 from scaling.config import load_study
 from scaling.store import ResultStore
@@ -28,8 +28,10 @@ def _started(store: ResultStore) -> list[str]:
     return [c for c in store.cell_ids() if store.exists(f"cells/{c}/progress.json")]
 
 
-def test_killed_driver_then_rerun_finishes_without_redoing_cells(tmp_path: Path) -> None:
-    data = demo_data(tmp_path / "demo")
+def test_killed_driver_then_rerun_finishes_without_redoing_cells(
+    tmp_path: Path, demo_dir: Path
+) -> None:
+    data = demo_dir
     tables = tiny_tables(
         data,
         tmp_path / "out",

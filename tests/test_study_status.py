@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from study_helpers import demo_data, tiny_tables, write_study
+from study_helpers import tiny_tables, write_study
 
 from scaling.cli import main
 from scaling.config import load_study
@@ -17,8 +17,8 @@ from scaling.store import ResultStore
 
 
 @pytest.fixture
-def study_and_store(tmp_path: Path):
-    data = demo_data(tmp_path / "demo")
+def study_and_store(tmp_path: Path, demo_dir: Path):
+    data = demo_dir
     path = write_study(
         tmp_path / "s.toml",
         tiny_tables(data, tmp_path / "out", grid={"iterations": [4, 8, 12, 16, 20]}),
