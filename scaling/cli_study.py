@@ -184,17 +184,20 @@ def _run_grid(
     args: argparse.Namespace, study: StudyConfig, store: ResultStore, run: RunSet
 ) -> dict[str, str]:
     from scaling.grid import run_grid
+    from scaling.plan import pretrain_flops
     from scaling.progress import format_status, study_status
 
     pairs = [(c.cell_id, c.cell) for c in run.cells]
     by_id = run.by_id()
+    # longest first, so that no long cell starts last and leaves the others idle
+    todo = sorted(run.todo, key=lambda i: pretrain_flops(by_id[i].cell), reverse=True)
 
     def on_progress(running: Collection[str]) -> None:
         rows = study_status(store, pairs, running)
         print(format_status(rows, compact_over=COMPACT_OVER), flush=True)
 
     result = run_grid(
-        [(i, by_id[i].cell) for i in run.todo],
+        [(i, by_id[i].cell) for i in todo],
         store,
         address=args.address,
         max_concurrent=study.resources.max_concurrent,

@@ -216,6 +216,13 @@ def _params_m(model: str, image_size: int) -> float:
     return _cached("params_m", model, lambda: count_params_m(model, image_size), image_size)
 
 
+def pretrain_flops(cell: CellConfig) -> float:
+    """FLOPs of the cell's whole pre-training (also the grid's longest-first order)."""
+    p = cell.pretrain
+    per_image = _flops_per_image(cell.model, p.image_size, p.mask_patch_size)
+    return per_image * p.batch_size * cell.iterations
+
+
 def plan_study(
     study: StudyConfig, *, mfu: float = DEFAULT_MFU, peak_tflops: float = H100_BF16_TFLOPS
 ) -> StudyPlan:
@@ -225,8 +232,7 @@ def plan_study(
         p = cell.pretrain
         digests = cell_digests(cell, subsets)
         info = subsets[cell.data]
-        flops = _flops_per_image(cell.model, p.image_size, p.mask_patch_size)
-        flops *= p.batch_size * cell.iterations
+        flops = pretrain_flops(cell)
         rows.append(
             CellPlan(
                 cell_id=None if digests is None else cell.cell_id(digests),
