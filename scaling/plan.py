@@ -286,7 +286,7 @@ def _si(value: float | None, unit: str = "") -> str:
 
 
 def _short(value: float) -> str:
-    """Three significant digits, without exponents: 0.0123, 4.56, 789, 12,345."""
+    """Three significant digits below 100 (0.0123, 4.56), whole numbers above (12,345)."""
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
