@@ -69,7 +69,9 @@ def evaluate(
     return top1, top5
 
 
-def run_finetune(ctx: TrialContext, encoder_state: dict[str, torch.Tensor]) -> FinetuneResult:
+def run_finetune(
+    ctx: TrialContext, encoder_state: dict[str, torch.Tensor], *, val_loss: float = float("nan")
+) -> FinetuneResult:
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
     from scaling.finetune_data import build_finetune_loaders, build_mixup
@@ -199,7 +201,9 @@ def run_finetune(ctx: TrialContext, encoder_state: dict[str, torch.Tensor]) -> F
         if step % cell.pretrain.log_interval == 0 or step == iterations:
             ctx.log_point("finetune", step, "train", "loss", sum(window) / len(window), lr)
             window.clear()
-            ctx.progress(phase="finetune", step=step, iterations=iterations, lr=lr)
+            ctx.progress(
+                phase="finetune", step=step, iterations=iterations, lr=lr, val_loss=val_loss
+            )
         interval = cell.pretrain.checkpoint_interval
         if interval and step % interval == 0 and step < iterations:
             ctx.save(

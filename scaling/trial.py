@@ -131,7 +131,11 @@ def run_trial(
         store.write_bytes(ctx.rel("cell.toml"), dump_toml(to_dict(cell)).encode())
     log.info("cell %s: %s on %s for %d iterations", cell_id, cell.model, cell.data, cell.iterations)
     pre = run_pretrain(ctx)
-    ft = run_finetune(ctx, pre.encoder_state) if cell.finetune.enabled else None
+    ft = (
+        run_finetune(ctx, pre.encoder_state, val_loss=pre.val_loss)
+        if cell.finetune.enabled
+        else None
+    )
     wall_s = pre.wall_s + (ft.wall_s if ft else 0.0)
     gpus = cell.resources.gpus * cell.resources.workers if ctx.device.type == "cuda" else 0.0
     row = {
