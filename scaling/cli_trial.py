@@ -34,6 +34,24 @@ def default_store(cell_file: Path) -> str:
     return str(Path("runs/trials").resolve())
 
 
+def _exit_now(code: int) -> None:
+    """Leave without running C++ static destructors.
+
+    With torch and pyarrow both loaded, their thread pools can race at interpreter
+    teardown ("terminate called without an active exception", SIGABRT) after the
+    cell's results are safely written; the trial verb starts no Ray and needs no
+    atexit work beyond flushing, so it exits directly.
+    """
+    import logging
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 def run_trial_command(args: argparse.Namespace) -> int:
     from scaling.config import load_cell
     from scaling.digests import manifest_digests
@@ -45,11 +63,12 @@ def run_trial_command(args: argparse.Namespace) -> int:
     cell_id = cell.cell_id(manifest_digests(cell))
     if store.is_complete(cell_id):
         print(f"cell {cell_id} is complete in {store.uri}; nothing to do")
-        return 0
+        _exit_now(0)
     row = run_trial(cell, store, cell_id)
     print(
         f"cell {cell_id}: {row['model']} on {row['data']}, {row['iterations']} iterations: "
         f"train_loss {row['train_loss']:.4f}, val_loss {row['val_loss']:.4f}, "
         f"top-1 {row['finetune_top1']}, {row['wall_s']:.0f} s → {store.uri}"
     )
+    _exit_now(0)
     return 0
