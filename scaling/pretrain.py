@@ -8,14 +8,12 @@ and no random crop, so losses compare across cells, models and reruns.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -51,13 +49,10 @@ class PretrainResult:
 
 def manifest_info(path: Path) -> tuple[int, list[str]]:
     """(number of images, class list) of a manifest, from its Parquet footer only."""
-    from scaling.trial import TrialError
+    from subsets.manifest import read_manifest_info
 
-    if not path.exists():
-        raise TrialError(f"manifest not found: {path}")
-    meta = pq.read_metadata(path)
-    info = json.loads((meta.metadata or {}).get(b"mimscale", b"{}"))
-    return meta.num_rows, list(info.get("classes", []))
+    info = read_manifest_info(path)
+    return info.num_images, list(info.classes)
 
 
 def to_model_input(
