@@ -34,6 +34,7 @@ Fine-tuning data is in :mod:`scaling.finetune_data`.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from typing import Any
@@ -77,7 +78,7 @@ def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
     """The crop-and-flip generator of one sample: Mersenne Twister keyed by all three words.
 
     Seeding it costs a few microseconds, against ~100 µs for numpy's SeedSequence, and
-    its stream is unrelated to the mask's (numpy PCG64 from the same words).
+    its stream is unrelated to the mask's (SHAKE-128 of the same words, :mod:`scaling.masking`).
     """
     return random.Random((seed << 128) | (epoch << 64) | index)
 
@@ -222,9 +223,18 @@ def normalize(
     x = images.to(device, non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).mul_(255).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).mul_(255).view(1, 3, 1, 1)
+    mean, std = _mean_std(x.device)
     return x.float().sub_(mean).div_(std)
+
+
+@functools.cache
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std × 255 as (1, 3, 1, 1) tensors on ``device``, made once:
+    building them per batch would copy from pageable host memory, which waits for
+    the GPU to finish its queued work."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).mul_(255).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).mul_(255).view(1, 3, 1, 1)
+    return mean, std
 
 
 def eval_indices(

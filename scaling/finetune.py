@@ -18,15 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from scaling.checkpoint import set_rng_state, unwrap
-from scaling.engine import (
-    accumulate,
-    amp_dtype,
-    autocast,
-    is_finite,
-    make_scaler,
-    optimizer_step,
-    set_lr,
-)
+from scaling.engine import NonFiniteLoss, Phase, amp_dtype, autocast, distributed, make_scaler
 from scaling.pretrain import manifest_info
 
 if TYPE_CHECKING:
@@ -52,7 +44,7 @@ def evaluate(
     correct = torch.zeros(2, dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
     for images, labels in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, dtype):
             logits = model(images)
         k = min(5, logits.shape[1])
@@ -61,7 +53,7 @@ def evaluate(
         correct[0] += hit[:, 0].sum()
         correct[1] += hit.any(dim=1).sum()
         count += len(labels)
-    if dist.is_available() and dist.is_initialized():
+    if distributed():
         dist.all_reduce(correct)
         dist.all_reduce(count)
     model.train()
@@ -78,7 +70,7 @@ def run_finetune(
     from scaling.models import create_classifier
     from scaling.optim import build_finetune_optimizer
     from scaling.schedule import lr_at, scaled_lr
-    from scaling.trial import TrialError
+    from scaling.trial import TrialError, maybe_inject_fault
 
     cell, f, device = ctx.cell, ctx.cell.finetune, ctx.device
     ckpt = ctx.load("finetune.pt")
@@ -110,7 +102,11 @@ def run_finetune(
         encoder_state=encoder_state,
         pretrain_img_size=cell.pretrain.image_size,
     ).to(device)
+    # precision, memory format and compilation follow the pre-training settings
     dtype = amp_dtype(cell.pretrain.amp, device)
+    channels_last = device.type == "cuda" and cell.pretrain.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     peak = scaled_lr(f.base_lr, f.batch_size)
     optimizer = build_finetune_optimizer(
         model, lr=peak, weight_decay=f.weight_decay, layer_decay=f.layer_decay
@@ -124,8 +120,10 @@ def run_finetune(
         step, previous_wall = ckpt["step"], ckpt["wall_s"]
         ctx.points = ckpt["points"]
         set_rng_state(ckpt["rng"])
-    if ctx.world_size > 1 and dist.is_available() and dist.is_initialized():
+    if ctx.world_size > 1 and distributed():
         model = nn.parallel.DistributedDataParallel(model)
+    if cell.pretrain.compile:
+        model = torch.compile(model)
 
     loaders = build_finetune_loaders(
         train_manifest=data.manifest(data.finetune_train),
@@ -171,52 +169,62 @@ def run_finetune(
     micro_step = [step * f.accum_steps]  # seeds Mixup/CutMix: resume draws the same mixes
 
     def classification_loss(m: nn.Module, batch: Any) -> torch.Tensor:
-        images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device)
+        images = batch[0].to(device, non_blocking=True)
+        labels = batch[1].to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         if mixup is not None:
             images, labels = mixup(images, labels, step=micro_step[0])
         micro_step[0] += 1
         return criterion(m(images), labels)
 
     started = time.time()
-    batches = iter(train_loader)
-    window: list[float] = []
-    top1 = top5 = float("nan")
-    model.train()
-    while step < iterations:
-        lr = lr_of(step)
-        set_lr(optimizer, lr)
-        if f.eval_interval and step and step % f.eval_interval == 0:
-            top1, top5 = evaluate(unwrap(model), val_loader, device, dtype)
-            ctx.log_point("finetune", step, "val", "top1", top1, lr)
-            ctx.log_point("finetune", step, "val", "top5", top5, lr)
-        loss = accumulate(model, batches, f.accum_steps, classification_loss, scaler, device, dtype)
-        if not is_finite(loss):
-            raise TrialError(
-                f"cell {ctx.cell_id}: non-finite fine-tuning loss {loss} at step {step} "
-                f"(lr {lr:.3g}); lower finetune.base_lr"
-            )
-        optimizer_step(model, optimizer, scaler, f.clip_grad)
-        step += 1
-        window.append(loss)
-        if step % cell.pretrain.log_interval == 0 or step == iterations:
-            ctx.log_point("finetune", step, "train", "loss", sum(window) / len(window), lr)
-            window.clear()
-            ctx.progress(
-                phase="finetune", step=step, iterations=iterations, lr=lr, val_loss=val_loss
-            )
-        interval = cell.pretrain.checkpoint_interval
-        if interval and step % interval == 0 and step < iterations:
-            ctx.save(
-                "finetune.pt",
-                {
-                    "points": ctx.points,
-                    "step": step,
-                    "model": unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "wall_s": previous_wall + time.time() - started,
-                },
-            )
+
+    def evaluate_top(s: int, lr: float) -> None:
+        top1, top5 = evaluate(unwrap(model), val_loader, device, dtype)
+        ctx.log_point("finetune", s, "val", "top1", top1, lr)
+        ctx.log_point("finetune", s, "val", "top5", top5, lr)
+
+    def log_train(s: int, loss: float, lr: float) -> None:
+        ctx.log_point("finetune", s, "train", "loss", loss, lr)
+        ctx.progress(phase="finetune", step=s, iterations=iterations, lr=lr, val_loss=val_loss)
+
+    def resumable(s: int) -> None:
+        ctx.save(
+            "finetune.pt",
+            {
+                "points": ctx.points,
+                "step": s,
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "wall_s": previous_wall + time.time() - started,
+            },
+        )
+
+    phase = Phase(
+        iterations=iterations,
+        lr_of=lr_of,
+        loss_fn=classification_loss,
+        accum_steps=f.accum_steps,
+        clip_grad=f.clip_grad,
+        log_interval=cell.pretrain.log_interval,
+        eval_interval=f.eval_interval,
+        checkpoint_interval=cell.pretrain.checkpoint_interval,
+        evaluate=evaluate_top,
+        log=log_train,
+        checkpoint=resumable,
+        after_step=lambda s: maybe_inject_fault("finetune", s),
+    )
+    try:
+        step = phase.run(
+            model, optimizer, scaler, iter(train_loader), step=step, device=device, dtype=dtype
+        )
+    except NonFiniteLoss as e:
+        raise TrialError(
+            f"cell {ctx.cell_id}: non-finite fine-tuning loss {e.value} at step {e.step} "
+            f"(lr {lr_of(e.step):.3g}); lower finetune.base_lr"
+        ) from None
 
     top1, top5 = evaluate(unwrap(model), val_loader, device, dtype)
     ctx.log_point("finetune", step, "val", "top1", top1, lr_of(step - 1))

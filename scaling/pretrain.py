@@ -19,15 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from scaling.checkpoint import set_rng_state, unwrap
-from scaling.engine import (
-    accumulate,
-    amp_dtype,
-    autocast,
-    is_finite,
-    make_scaler,
-    optimizer_step,
-    set_lr,
-)
+from scaling.engine import NonFiniteLoss, Phase, amp_dtype, autocast, distributed, make_scaler
 
 if TYPE_CHECKING:
     from scaling.trial import TrialContext
@@ -62,15 +54,13 @@ def to_model_input(
     from scaling.data import normalize
 
     images, masks = batch
-    return normalize(images, device, channels_last=channels_last), masks.to(device)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    return normalize(images, device, channels_last=channels_last), masks.to(
+        device, non_blocking=True
+    )
 
 
 def _mean_across_ranks(total: float, count: int, device: torch.device) -> float:
-    if _distributed():
+    if distributed():
         t = torch.tensor([total, float(count)], device=device, dtype=torch.float64)
         dist.all_reduce(t)
         total, count = float(t[0]), int(t[1])
@@ -144,7 +134,7 @@ def run_pretrain(ctx: TrialContext) -> PretrainResult:
         step, bad, previous_wall = ckpt["step"], ckpt["bad_images"], ckpt["wall_s"]
         ctx.points = ckpt["points"]
         set_rng_state(ckpt["rng"])
-    if ctx.world_size > 1 and _distributed():
+    if ctx.world_size > 1 and distributed():
         model = nn.parallel.DistributedDataParallel(model)
     if p.compile:
         model = torch.compile(model)
@@ -200,52 +190,65 @@ def run_pretrain(ctx: TrialContext) -> PretrainResult:
         images, masks = to_model_input(batch, device, channels_last)
         return m(images, masks)
 
-    def checkpoint(extra: dict[str, Any]) -> None:
-        ctx.save("checkpoint.pt", {"points": ctx.points, "step": step, **extra})
-
     started = time.time()
-    batches = iter(loader)
-    window: list[float] = []
-    train_loss = val_loss = float("nan")
-    model.train()
-    while step < cell.iterations:
-        lr = lr_of(step)
-        set_lr(optimizer, lr)
-        if p.val_interval and step and step % p.val_interval == 0:
-            val_loss = validation_loss(unwrap(model), val_loader, device, dtype)
-            ctx.log_point("pretrain", step, "val", "loss", val_loss, lr)
-        loss = accumulate(model, batches, p.accum_steps, simmim_loss, scaler, device, dtype)
-        if not is_finite(loss):
-            raise TrialError(
-                f"cell {ctx.cell_id}: non-finite pre-training loss {loss} at step {step} "
-                f"(lr {lr:.3g}); lower pretrain.base_lr or check the data"
-            )
-        optimizer_step(model, optimizer, scaler, p.clip_grad)
-        step += 1
-        window.append(loss)
-        if step % p.log_interval == 0 or step == cell.iterations:
-            train_loss = _mean_across_ranks(sum(window), len(window), device)
-            window.clear()
-            ctx.log_point("pretrain", step, "train", "loss", train_loss, lr)
-            ctx.progress(
-                phase="pretrain",
-                step=step,
-                iterations=cell.iterations,
-                train_loss=train_loss,
-                val_loss=val_loss,
-                lr=lr,
-            )
-        maybe_inject_fault(step)
-        if p.checkpoint_interval and step % p.checkpoint_interval == 0 and step < cell.iterations:
-            checkpoint(
-                {
-                    "model": unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "bad_images": bad + loader.num_bad_images,
-                    "wall_s": previous_wall + time.time() - started,
-                }
-            )
+    val_loss = train_loss = float("nan")
+
+    def evaluate(s: int, lr: float) -> None:
+        nonlocal val_loss
+        val_loss = validation_loss(unwrap(model), val_loader, device, dtype)
+        ctx.log_point("pretrain", s, "val", "loss", val_loss, lr)
+
+    def log_train(s: int, loss: float, lr: float) -> None:
+        nonlocal train_loss
+        train_loss = loss
+        ctx.log_point("pretrain", s, "train", "loss", loss, lr)
+        ctx.progress(
+            phase="pretrain",
+            step=s,
+            iterations=cell.iterations,
+            train_loss=loss,
+            val_loss=val_loss,
+            lr=lr,
+        )
+
+    def checkpoint(s: int, extra: dict[str, Any]) -> None:
+        ctx.save("checkpoint.pt", {"points": ctx.points, "step": s, **extra})
+
+    def resumable(s: int) -> None:
+        checkpoint(
+            s,
+            {
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "bad_images": bad + loader.num_bad_images,
+                "wall_s": previous_wall + time.time() - started,
+            },
+        )
+
+    phase = Phase(
+        iterations=cell.iterations,
+        lr_of=lr_of,
+        loss_fn=simmim_loss,
+        accum_steps=p.accum_steps,
+        clip_grad=p.clip_grad,
+        log_interval=p.log_interval,
+        eval_interval=p.val_interval,
+        checkpoint_interval=p.checkpoint_interval,
+        evaluate=evaluate,
+        log=log_train,
+        checkpoint=resumable,
+        after_step=lambda s: maybe_inject_fault("pretrain", s),
+    )
+    try:
+        step = phase.run(
+            model, optimizer, scaler, iter(loader), step=step, device=device, dtype=dtype
+        )
+    except NonFiniteLoss as e:
+        raise TrialError(
+            f"cell {ctx.cell_id}: non-finite pre-training loss {e.value} at step {e.step} "
+            f"(lr {lr_of(e.step):.3g}); lower pretrain.base_lr or check the data"
+        ) from None
 
     val_loss = validation_loss(unwrap(model), val_loader, device, dtype)
     ctx.log_point("pretrain", step, "val", "loss", val_loss, lr_of(step - 1))
@@ -269,5 +272,5 @@ def run_pretrain(ctx: TrialContext) -> PretrainResult:
         "wall_s": previous_wall + time.time() - started,
     }
     encoder_state = {k: v.cpu() for k, v in unwrap(model).encoder.state_dict().items()}
-    checkpoint({"result": result, "encoder": encoder_state})
+    checkpoint(step, {"result": result, "encoder": encoder_state})
     return PretrainResult(**result, encoder_state=encoder_state)

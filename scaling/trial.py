@@ -7,8 +7,9 @@ goes through the study's :class:`~scaling.store.ResultStore` under
 exact: model, optimizer, RNG states, sampler position, curves so far), and at
 the end ``curves.parquet`` then ``row.parquet`` (the row marks completion).
 
-Fault injection for the reliability tests: ``MIMSCALE_FAIL_AT="<step>:<marker>"``
-makes pre-training raise once at that step (the marker file records that it did).
+Fault injection for the reliability tests: ``MIMSCALE_FAIL_AT="[finetune@]<step>:<marker>"``
+makes pre-training (or fine-tuning) raise once at that step (the marker file
+records that it did).
 """
 
 from __future__ import annotations
@@ -97,15 +98,23 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
-def maybe_inject_fault(step: int) -> None:
-    """Raise once at the configured step (reliability tests only)."""
+def maybe_inject_fault(phase: str, step: int) -> None:
+    """Raise once at the configured step (reliability tests only).
+
+    ``MIMSCALE_FAIL_AT`` is ``[phase@]step:marker``; the phase is ``pretrain``
+    (the default) or ``finetune``.
+    """
     spec = os.environ.get("MIMSCALE_FAIL_AT")
     if not spec:
         return
-    at, _, marker = spec.partition(":")
-    if int(at) == step and marker and not Path(marker).exists():
-        Path(marker).write_text(f"failed at step {step}\n")
-        raise RuntimeError(f"injected fault at pre-training step {step} (MIMSCALE_FAIL_AT)")
+    where, _, marker = spec.partition(":")
+    at_phase, _, at = where.rpartition("@")
+    if (at_phase or "pretrain") == phase and int(at) == step and marker:
+        if Path(marker).exists():
+            return
+        Path(marker).write_text(f"failed at {phase} step {step}\n")
+        name = {"pretrain": "pre-training", "finetune": "fine-tuning"}[phase]
+        raise RuntimeError(f"injected fault at {name} step {step} (MIMSCALE_FAIL_AT)")
 
 
 def run_trial(

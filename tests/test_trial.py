@@ -85,6 +85,80 @@ def test_nonfinite_loss_stops_the_cell(tiny_cell, tmp_path: Path) -> None:
         _run(cell, tmp_path)
 
 
+def test_nonfinite_loss_is_caught_before_any_checkpoint(tiny_cell, tmp_path: Path) -> None:
+    """Losses are read in windows, but every checkpoint reads them first: none holds NaNs."""
+    cell = tiny_cell(
+        iterations=8,
+        pretrain={"base_lr": 1e36, "log_interval": 100, "checkpoint_interval": 2},
+        finetune={"enabled": False},
+    )
+    with pytest.raises(TrialError, match=r"non-finite pre-training loss \S+ at step 1 "):
+        _run(cell, tmp_path)
+    assert not list(tmp_path.rglob("checkpoint.pt")), "a checkpoint was written after NaNs"
+
+
+def test_nonfinite_finetune_loss_stops_the_cell(tiny_cell, tmp_path: Path) -> None:
+    cell = tiny_cell(iterations=2, finetune={"base_lr": 1e36})
+    with pytest.raises(TrialError, match=r"non-finite fine-tuning loss .*finetune\.base_lr"):
+        _run(cell, tmp_path)
+
+
+def test_finetune_resume_after_crash_is_exact(tiny_cell, tmp_path: Path, monkeypatch) -> None:
+    """Fine-tuning (Mixup/CutMix, drop path) crashed at 5 and resumed from 4 == straight."""
+    cell = tiny_cell(
+        iterations=2,
+        pretrain={"checkpoint_interval": 2},
+        finetune={"epochs": 0.4, "drop_path": 0.1, "eval_interval": 3},
+    )
+    straight, store, cell_id = _run(cell, tmp_path, "straight")
+    curves = store.read_table(f"cells/{cell_id}/curves.parquet").to_pandas()
+    finetune_steps = curves[curves.phase == "finetune"].step.max()
+    assert finetune_steps >= 6, "the cell must fine-tune past the crash"
+    marker = tmp_path / "failed-once"
+    monkeypatch.setenv("MIMSCALE_FAIL_AT", f"finetune@5:{marker}")
+    with pytest.raises(RuntimeError, match="injected fault at fine-tuning step 5"):
+        _run(cell, tmp_path, "crashed")
+    resumed, store2, _ = _run(cell, tmp_path, "crashed")
+    resumed_curves = store2.read_table(f"cells/{cell_id}/curves.parquet").to_pandas()
+    keys = ["phase", "step", "split", "metric"]
+    assert not resumed_curves.duplicated(keys).any()
+    merged = curves.merge(resumed_curves, on=keys, suffixes=("", "_resumed"), validate="1:1")
+    assert len(merged) == len(curves) == len(resumed_curves)
+    assert merged.value_resumed.to_numpy() == pytest.approx(merged.value.to_numpy(), abs=1e-6)
+    assert (resumed["finetune_top1"], resumed["finetune_top5"]) == (
+        straight["finetune_top1"],
+        straight["finetune_top5"],
+    )
+
+
+@pytest.mark.slow
+def test_compiled_cell_matches_eager_and_resumes_without_compile(
+    tiny_cell, tmp_path: Path, monkeypatch
+) -> None:
+    """pretrain.compile = true (inductor, here on the CPU) gives the eager losses, and its
+    checkpoints hold plain weights (no ``_orig_mod.``), so an eager run resumes them."""
+    common = {"val_interval": 2, "checkpoint_interval": 2, "drop_path": 0.1}
+    eager = tiny_cell(iterations=4, pretrain=common, finetune={"enabled": False})
+    compiled = dataclasses.replace(
+        eager, pretrain=dataclasses.replace(eager.pretrain, compile=True)
+    )
+    assert compiled.cell_id({}) == eager.cell_id({}), "compile is not part of the cell's id"
+    straight, _, _ = _run(eager, tmp_path, "eager")
+    monkeypatch.setenv("MIMSCALE_FAIL_AT", f"3:{tmp_path / 'failed-once'}")
+    with pytest.raises(RuntimeError, match="injected fault at pre-training step 3"):
+        _run(compiled, tmp_path, "mixed")
+    resumed, store, cell_id = _run(eager, tmp_path, "mixed")
+    curves = store.read_table(f"cells/{cell_id}/curves.parquet").to_pandas()
+    first_val = curves[(curves.split == "val") & (curves.step == 2)].value.item()
+    eager_curves = ResultStore(str(tmp_path / "eager")).read_table(
+        f"cells/{cell_id}/curves.parquet"
+    )
+    eager_val = eager_curves.to_pandas().query("split == 'val' and step == 2").value.item()
+    assert first_val == pytest.approx(eager_val, abs=1e-5), "compiled steps 0-2 differ"
+    assert resumed["train_loss"] == pytest.approx(straight["train_loss"], abs=1e-5)
+    assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=1e-5)
+
+
 def test_missing_manifest_is_a_located_error(tiny_cell, tmp_path: Path) -> None:
     cell = tiny_cell(data="demo-10pct")
     with pytest.raises(Exception, match=r"data.manifest_dir: missing manifests: demo-10pct"):
@@ -111,8 +185,8 @@ def test_accumulation_amp_and_clipping_together(dtype: torch.dtype) -> None:
                 [(images[i * size : (i + 1) * size], masks[i * size : (i + 1) * size])
                  for i in range(accum)]
             )  # fmt: skip
-            loss = accumulate(model, micro, accum, lambda m, b: m(*b), scaler, cpu, dtype)
-            norm = optimizer_step(model, optimizer, scaler, clip_grad=0.01)
+            loss = float(accumulate(model, micro, accum, lambda m, b: m(*b), scaler, cpu, dtype))
+            norm = float(optimizer_step(model, optimizer, scaler, clip_grad=0.01))
         results[accum] = (loss, norm, dataclasses.replace)
         assert 0.01 < norm < 10, "grad norm must be measured on unscaled gradients"
     assert results[2][0] == pytest.approx(results[1][0], abs=2e-3)
