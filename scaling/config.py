@@ -236,6 +236,7 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
         check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        check(self.accum_steps > 0, "accum_steps", f"must be > 0, got {self.accum_steps}")
         check(
             self.batch_size % self.accum_steps == 0,
             "accum_steps",
@@ -249,6 +250,16 @@ class FinetuneConfig:
             0 <= self.label_smoothing < 1,
             "label_smoothing",
             f"must be in [0, 1), got {self.label_smoothing}",
+        )
+        # The fine-tune schedule is a cosine over cell.finetune_iterations(n_images)
+        # steps, a count known only with the manifest of data.finetune_train (at trial
+        # time). For a cosine, validate_schedule asks only that the warm-up fits:
+        # warmup_steps_of(f, n) <= n holds for every n >= 1 exactly when 0 <= f < 1, so
+        # this check is the whole schedule validation, made here without the data.
+        check(
+            0 <= self.warmup_fraction < 1,
+            "warmup_fraction",
+            f"must be in [0, 1), got {self.warmup_fraction}",
         )
 
 
@@ -322,6 +333,10 @@ class StudyConfig:
                 f"unknown model {model!r}; valid: {', '.join(MODEL_SIZES)}",
             )
         check(bool(self.output_dir), "output_dir", "must not be empty")
+        _check_pretrain_schedule(
+            self.pretrain,
+            [(f"grid.iterations[{i}]", it) for i, it in enumerate(self.grid.iterations)],
+        )
         for i, model in enumerate(self.grid.models):
             _check_model_fits(model, self.pretrain, self.finetune, f"grid.models[{i}]")
 
@@ -366,6 +381,10 @@ class CellConfig:
     pretrain: PretrainConfig
     finetune: FinetuneConfig
     resources: CellResources = field(default_factory=CellResources)
+
+    def __post_init__(self) -> None:
+        check(self.iterations > 0, "iterations", f"must be > 0, got {self.iterations}")
+        _check_pretrain_schedule(self.pretrain, [("iterations", self.iterations)])
 
     def identity(self, digests: dict[str, str]) -> dict[str, Any]:
         """What defines the cell's results: config and manifest digests, not paths or resources."""
@@ -415,6 +434,41 @@ class CellConfig:
 
     def finetune_iterations(self, n_images: int) -> int:
         return max(1, math.ceil(self.finetune.epochs * n_images / self.finetune.batch_size))
+
+
+def _check_pretrain_schedule(pretrain: PretrainConfig, lengths: list[tuple[str, int]]) -> None:
+    """The pre-training schedule is valid at each length (``(key, iterations)`` pairs).
+
+    Raises a ConfigError keyed ``pretrain.<field>`` (the loader adds file and line);
+    a check that depends on the length names the length it failed for.
+    """
+    from scaling.errors import ScheduleError
+    from scaling.schedule import validate_schedule, validate_schedule_shape, warmup_steps_of
+
+    p = pretrain
+    try:
+        validate_schedule_shape(
+            schedule=p.schedule,
+            milestones=p.milestones,
+            decay_fraction=p.decay_fraction,
+            section="pretrain",
+        )
+    except ScheduleError as err:
+        key, _, message = str(err).partition(": ")
+        raise ConfigError(key, message) from None
+    for where, iterations in lengths:
+        try:
+            validate_schedule(
+                schedule=p.schedule,
+                total_steps=iterations,
+                warmup_steps=warmup_steps_of(p.warmup_fraction, iterations),
+                milestones=p.milestones,
+                decay_fraction=p.decay_fraction,
+                section="pretrain",
+            )
+        except ScheduleError as err:
+            key, _, message = str(err).partition(": ")
+            raise ConfigError(key, f"{message} for {where} = {iterations}") from None
 
 
 def _check_model_fits(

@@ -72,6 +72,30 @@ def get_schedule(name: str, *, key: str = "schedule") -> Callable[[int, _After],
         ) from None
 
 
+def warmup_steps_of(warmup_fraction: float, total_steps: int) -> int:
+    """Steps of linear warm-up of a ``total_steps`` run, as the training loops round them."""
+    return round(warmup_fraction * total_steps)
+
+
+def validate_schedule_shape(
+    *,
+    schedule: str,
+    milestones: tuple[float, ...] = (7 / 8,),
+    decay_fraction: float = 0.2,
+    section: str = "pretrain",
+) -> None:
+    """The checks of :func:`validate_schedule` that hold for any training length."""
+    get_schedule(schedule, key=f"{section}.schedule")
+    if schedule == "multistep" and (
+        list(milestones) != sorted(milestones) or not all(0 < m <= 1 for m in milestones)
+    ):
+        raise ScheduleError(
+            f"{section}.milestones: must be increasing fractions in (0, 1], got {list(milestones)}"
+        )
+    if schedule == "wsd" and not 0 < decay_fraction <= 1:
+        raise ScheduleError(f"{section}.decay_fraction: must be in (0, 1], got {decay_fraction}")
+
+
 def validate_schedule(
     *,
     schedule: str,
@@ -82,7 +106,9 @@ def validate_schedule(
     section: str = "pretrain",
 ) -> None:
     """Check schedule arguments; errors name ``<section>.<field>``."""
-    get_schedule(schedule, key=f"{section}.schedule")
+    validate_schedule_shape(
+        schedule=schedule, milestones=milestones, decay_fraction=decay_fraction, section=section
+    )
     if total_steps <= 0:
         raise ScheduleError(f"{section}.iterations: must be > 0, got {total_steps}")
     if not 0 <= warmup_steps <= total_steps:
@@ -90,19 +116,13 @@ def validate_schedule(
             f"{section}.warmup_fraction: warm-up of {warmup_steps} steps does not fit in "
             f"{total_steps} steps"
         )
-    if schedule == "multistep":
-        if list(milestones) != sorted(milestones) or not all(0 < m <= 1 for m in milestones):
+    if schedule == "multistep" and milestones:
+        first = round(milestones[0] * total_steps)
+        if first < warmup_steps:
             raise ScheduleError(
-                f"{section}.milestones: must be increasing fractions in (0, 1], got {milestones}"
+                f"{section}.milestones: the first milestone (step {first}) falls inside the "
+                f"warm-up ({warmup_steps} steps)"
             )
-        if milestones and round(milestones[0] * total_steps) < warmup_steps:
-            raise ScheduleError(
-                f"{section}.milestones: the first milestone (step "
-                f"{round(milestones[0] * total_steps)}) falls inside the warm-up "
-                f"({warmup_steps} steps)"
-            )
-    if schedule == "wsd" and not 0 < decay_fraction <= 1:
-        raise ScheduleError(f"{section}.decay_fraction: must be in (0, 1], got {decay_fraction}")
 
 
 def lr_at(

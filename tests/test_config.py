@@ -106,6 +106,13 @@ def test_per_model_resources(tmp_path: Path, tables: dict[str, Any]) -> None:
         ),
         ("pretrain", "drop_path", 1.0, r"pretrain\.drop_path: must be in \[0, 1\)"),
         ("finetune", "layer_decay", 0.0, r"finetune\.layer_decay: must be in \(0, 1\]"),
+        (
+            "finetune",
+            "warmup_fraction",
+            1.0,
+            r"finetune\.warmup_fraction: must be in \[0, 1\), got 1\.0",
+        ),
+        ("finetune", "accum_steps", 0, r"finetune\.accum_steps: must be > 0, got 0"),
         ("finetune", "epochs", -1, r"finetune\.epochs: must be > 0"),
         (
             "grid",
@@ -139,6 +146,85 @@ def test_bad_values_name_file_line_and_key(
     assert re.search(message, err), err
     path = tmp_path / "study.toml"
     assert err.startswith(f"{path}:{line_of_key(path, section, key)}: "), err
+
+
+def test_pretrain_schedule_is_checked_at_every_grid_length(
+    tmp_path: Path, tables: dict[str, Any]
+) -> None:
+    tables["pretrain"] = {
+        **tables["pretrain"],
+        "schedule": "multistep",
+        "warmup_fraction": 0.12,
+        "milestones": [0.1],
+    }
+    # 8 iterations round both the warm-up and the milestone to step 1: valid
+    assert load(tmp_path, tables).cells()[0].iterations == 8
+    tables["grid"] = {**tables["grid"], "iterations": [8, 100]}
+    err = error_of(tmp_path, tables)
+    path = tmp_path / "study.toml"
+    line = line_of_key(path, "pretrain", "milestones")
+    assert err == (
+        f"{path}:{line}: pretrain.milestones: the first milestone (step 10) falls inside the "
+        "warm-up (12 steps) for grid.iterations[1] = 100"
+    ), err
+    # a length given with --set: the message names it, the line stays on the milestones
+    tables["grid"] = {**tables["grid"], "iterations": [8]}
+    err = error_of(tmp_path, tables, ["grid.iterations=[8, 16, 200]"])
+    assert err == (
+        f"{path}:{line}: pretrain.milestones: the first milestone (step 20) falls inside the "
+        "warm-up (24 steps) for grid.iterations[2] = 200"
+    ), err
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "message"),
+    [
+        (
+            {"schedule": "multistep", "milestones": [0.5, 0.3]},
+            "milestones",
+            "pretrain.milestones: must be increasing fractions in (0, 1], got [0.5, 0.3]",
+        ),
+        (
+            {"schedule": "multistep", "milestones": [0.5, 1.5]},
+            "milestones",
+            "pretrain.milestones: must be increasing fractions in (0, 1], got [0.5, 1.5]",
+        ),
+        (
+            {"schedule": "wsd", "decay_fraction": 0.0},
+            "decay_fraction",
+            "pretrain.decay_fraction: must be in (0, 1], got 0.0",
+        ),
+    ],
+)
+def test_schedule_fractions_are_checked_once_not_per_length(
+    tmp_path: Path, tables: dict[str, Any], changes: dict[str, Any], key: str, message: str
+) -> None:
+    tables["pretrain"] = {**tables["pretrain"], **changes}
+    tables["grid"] = {**tables["grid"], "iterations": [8, 16]}
+    err = error_of(tmp_path, tables)
+    path = tmp_path / "study.toml"
+    assert err == f"{path}:{line_of_key(path, 'pretrain', key)}: {message}", err
+
+
+def test_cell_file_schedule_is_checked_at_its_length(
+    tmp_path: Path, tables: dict[str, Any]
+) -> None:
+    cell = to_dict(load(tmp_path, tables).cells()[0])
+    cell["pretrain"].update(schedule="multistep", warmup_fraction=0.5, milestones=[0.1])
+    path = tmp_path / "cell.toml"
+    path.write_text(dump_toml(cell))
+    with pytest.raises(ConfigError) as info:
+        load_cell(path)
+    line = line_of_key(path, "pretrain", "milestones")
+    assert str(info.value) == (
+        f"{path}:{line}: pretrain.milestones: the first milestone (step 1) falls inside the "
+        "warm-up (4 steps) for iterations = 8"
+    )
+    cell["pretrain"]["milestones"] = [0.5]
+    cell["iterations"] = 0
+    path.write_text(dump_toml(cell))
+    with pytest.raises(ConfigError, match=r"cell\.toml:\d+: iterations: must be > 0, got 0$"):
+        load_cell(path)
 
 
 def test_unknown_top_level_key_and_table(tmp_path: Path, tables: dict[str, Any]) -> None:

@@ -40,6 +40,10 @@ def case(section: str, key: str, value: Any) -> dict[str, Any]:
     return {section: {key: value}}
 
 
+# multistep at 8 iterations: warm-up and first milestone both round to step 1 (valid);
+# at 100 iterations the milestone (step 10) comes before the end of the warm-up (12 steps)
+MILESTONE_IN_WARMUP = {"schedule": "multistep", "warmup_fraction": 0.12, "milestones": [0.1]}
+
 # (name, changes, section and key whose line the message points at, message regex)
 CASES = [
     (
@@ -86,6 +90,19 @@ CASES = [
         r"grid\.data\[1\]: missing manifests in \S+: in1k-10pct \[grid\.data\[1\]\], "
         r"in1k-val \[data\.val\]",
     ),
+    (
+        "milestone_in_warmup",
+        {"grid": {"iterations": [8, 100]}, "pretrain": MILESTONE_IN_WARMUP},
+        ("pretrain", "milestones"),
+        r"pretrain\.milestones: the first milestone \(step 10\) falls inside the warm-up "
+        r"\(12 steps\) for grid\.iterations\[1\] = 100$",
+    ),
+    (
+        "finetune_warmup",
+        {"finetune": {"enabled": True, "warmup_fraction": 1.0}},
+        ("finetune", "warmup_fraction"),
+        r"finetune\.warmup_fraction: must be in \[0, 1\), got 1\.0$",
+    ),
 ]
 
 
@@ -117,6 +134,48 @@ def test_malformed_studies_exit_2_with_located_messages_and_no_side_effects(
         assert re.search(message, stderr), (name, stderr)
         assert not out.exists(), f"{name}: wrote {out}"
     assert not (tmp_path / "out").exists()
+
+
+def test_plan_rejects_a_schedule_that_does_not_fit_one_grid_length(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    tables = tiny_tables(tmp_path / "data", out, pretrain=MILESTONE_IN_WARMUP)
+    path = write_study(tmp_path / "bad.toml", tables)
+    assert main(["plan", str(path)]) == 0  # 8 iterations alone: valid
+    capsys.readouterr()
+    tables["grid"]["iterations"] = [8, 100]
+    write_study(path, tables)
+    assert main(["plan", str(path)]) == 2
+    captured = capsys.readouterr()
+    line = line_of_key(path, "pretrain", "milestones")
+    assert captured.err == (
+        f"error: {path}:{line}: pretrain.milestones: the first milestone (step 10) falls inside "
+        "the warm-up (12 steps) for grid.iterations[1] = 100\n"
+    )
+    assert captured.out == ""
+    assert not out.exists()
+
+
+def test_trial_rejects_a_cell_whose_schedule_does_not_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scaling.config import dump_toml
+    from scaling.configload import to_dict
+
+    tables = tiny_tables(tmp_path / "data", tmp_path / "study")
+    cell = to_dict(load_study(write_study(tmp_path / "s.toml", tables)).cells()[0])
+    cell["pretrain"].update(MILESTONE_IN_WARMUP, warmup_fraction=0.5)
+    path = tmp_path / "cell.toml"
+    path.write_text(dump_toml(cell))
+    out = tmp_path / "out"
+    assert main(["trial", str(path), "-o", str(out)]) == 2
+    line = line_of_key(path, "pretrain", "milestones")
+    assert capsys.readouterr().err == (
+        f"error: {path}:{line}: pretrain.milestones: the first milestone (step 1) falls inside "
+        "the warm-up (4 steps) for iterations = 8\n"
+    )
+    assert not out.exists()
 
 
 def test_changed_manifest_refuses_its_started_cells(
