@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Collection
 from pathlib import Path
@@ -183,7 +184,8 @@ def run_command(args: argparse.Namespace) -> int:
 def _run_grid(
     args: argparse.Namespace, study: StudyConfig, store: ResultStore, run: RunSet
 ) -> dict[str, str]:
-    from scaling.grid import run_grid
+    _local_ray_auth(args.address)
+    from scaling.grid import run_grid  # imports ray
     from scaling.plan import pretrain_flops
     from scaling.progress import format_status, study_status
 
@@ -213,6 +215,34 @@ def _run_grid(
         flush=True,
     )
     return result.failed
+
+
+def _local_ray_auth(address: str | None) -> None:
+    """Choose token authentication for the local Ray instance that ``run`` starts.
+
+    Since Ray 2.59 a local instance started by ``ray.init()`` uses token
+    authentication by default (a shared secret in ``~/.ray/auth_token``, generated
+    when missing) and, while ``RAY_AUTH_MODE`` is unset, says so on every start:
+    "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled
+    to opt out". Token authentication is right for us: the instance listens on the
+    node's address, and without it anyone who reaches it can run code there. So we
+    choose it explicitly with Ray's documented switch, ``RAY_AUTH_MODE=token``: the
+    same cluster as Ray's default, without the notice. Opting out would silence it
+    too, at the cost of that protection, and is left to the user.
+
+    Nothing is set when the user set ``RAY_AUTH_MODE`` (their choice stands) or joins
+    a cluster (``--address`` / ``RAY_ADDRESS``: its owner decides; ``grid.connect``
+    makes the same local-or-join decision). Ray reads ``RAY_AUTH_MODE`` once, when it
+    is imported; set after that, the driver would not send the token that its own
+    cluster then demands and ``ray.init`` fails. So this runs before the first
+    ``import ray`` and does nothing if ray is already loaded (Ray's default, with
+    its notice, applies then).
+    """
+    if address or os.environ.get("RAY_ADDRESS") or "RAY_AUTH_MODE" in os.environ:
+        return
+    if "ray" in sys.modules:
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _write_report(output_dir: str) -> None:

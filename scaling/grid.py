@@ -256,7 +256,13 @@ def _storage_path(store: ResultStore) -> str:
 
 
 def connect(address: str | None, *, verbose: bool = False) -> bool:
-    """Join ``address`` (or RAY_ADDRESS), else start a local instance; True if we started one."""
+    """Join ``address`` (or RAY_ADDRESS), else start a local instance; True if we started one.
+
+    The local instance is started with ``address="local"``: a new one even when a
+    ``ray start`` cluster runs on this machine (``ray.init()`` without an address
+    would join that one, which has its own resources and owner). Its authentication
+    mode is chosen before ray is imported (``cli_study._local_ray_auth``).
+    """
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -269,7 +275,7 @@ def connect(address: str | None, *, verbose: bool = False) -> bool:
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address, **common)
         return False
-    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **common)
+    ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, **common)
     return True
 
 
