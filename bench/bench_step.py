@@ -1,9 +1,12 @@
 """Pre-training step throughput: images/s and model FLOPs utilisation (MFU).
 
-One step is what the trial runs: zero_grad → forward (SimMIM loss) → backward
-→ clip_grad_norm_(5.0) → AdamW step, on synthetic images and real SimMIM masks
-(data loading is benchmarked separately). FLOPs per step come from
-FlopCounterMode on the meta device (``scaling.flops``), not a formula.
+One step is the trial's own step, through the same functions
+(``scaling.engine.accumulate`` and ``optimizer_step``): uint8 images normalized
+on the device → forward (SimMIM loss) under autocast → backward → unscale,
+clip_grad_norm_(5.0) → AdamW step (fused on CUDA), on synthetic images already
+on the device and real SimMIM masks (data loading is benchmarked separately).
+FLOPs per step come from FlopCounterMode on the meta device (``scaling.flops``),
+not a formula.
 
 CPU (default when there is no GPU): the tiny flavours at batch 32, fp32::
 
@@ -35,10 +38,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scaling.engine import accumulate, make_scaler, optimizer_step
 from scaling.flops import pretrain_flops_per_image
 from scaling.masking import MaskGenerator
 from scaling.models import get_spec
 from scaling.optim import build_pretrain_optimizer
+from scaling.pretrain import to_model_input
 from scaling.simmim import build_simmim
 
 # Dense bf16 tensor-core peaks in TFLOP/s, matched in order against the CUDA
@@ -111,22 +116,22 @@ def run_config(
     """Time ``steps`` training steps after ``warmup`` untimed ones."""
     torch.manual_seed(0)
     model = build_simmim(name, img_size=img_size, drop_path_rate=0.1).to(device)
-    images = torch.randn(batch, 3, img_size, img_size, device=device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
-    masks = _masks(name, img_size, mask_patch, batch).to(device)
+    images = torch.randint(0, 256, (batch, 3, img_size, img_size), dtype=torch.uint8)
+    masks = _masks(name, img_size, mask_patch, batch)
+    on_device = (images.to(device), masks.to(device))
     optimizer = build_pretrain_optimizer(model, lr=1e-4)
     forward = torch.compile(model) if compile_model else model
     dtype = {"bf16": torch.bfloat16, "fp32": None}[amp]
+    scaler = make_scaler(device, dtype)
+
+    def simmim_loss(m: torch.nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return m(*to_model_input(b, device, channels_last))
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = forward(images, masks)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
+        accumulate(forward, itertools.repeat(on_device), 1, simmim_loss, scaler, device, dtype)
+        optimizer_step(model, optimizer, scaler, clip_grad=5.0)
 
     for _ in range(warmup):
         step()

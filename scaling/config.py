@@ -30,7 +30,9 @@ from scaling.configload import (
     to_dict,
 )
 
-CELL_FORMAT_VERSION = 1
+# Part of every cell's id: bump it when a cell's results change for the same config
+# (2: masks from SHAKE-128 block scores, so validation losses moved).
+CELL_FORMAT_VERSION = 2
 AMP_MODES = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -145,9 +147,9 @@ class PretrainConfig:
     amp: str = "auto"
     """``auto`` (bf16 on CUDA, fp32 on CPU), ``bf16``, ``fp16`` or ``fp32``."""
     compile: bool = False
-    """torch.compile the model."""
+    """torch.compile the model (pre-training and fine-tuning)."""
     channels_last: bool = True
-    """Use channels-last memory format on CUDA."""
+    """Use channels-last memory format on CUDA (pre-training and fine-tuning)."""
     max_bad_fraction: float = 0.001
     """Stop when more than this fraction of samples failed to decode."""
     crop_scale: tuple[float, float] = (0.67, 1.0)

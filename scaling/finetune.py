@@ -69,7 +69,7 @@ def run_finetune(
     from scaling.finetune_data import build_finetune_loaders, build_mixup
     from scaling.models import create_classifier
     from scaling.optim import build_finetune_optimizer
-    from scaling.schedule import lr_at, scaled_lr
+    from scaling.schedule import lr_at, scaled_lr, warmup_steps_of
     from scaling.trial import TrialError, maybe_inject_fault
 
     cell, f, device = ctx.cell, ctx.cell.finetune, ctx.device
@@ -160,7 +160,7 @@ def run_finetune(
             s,
             schedule="cosine",
             total_steps=iterations,
-            warmup_steps=round(f.warmup_fraction * iterations),
+            warmup_steps=warmup_steps_of(f.warmup_fraction, iterations),
             base_lr=peak,
             warmup_lr=scaled_lr(f.warmup_lr, f.batch_size),
             min_lr=scaled_lr(f.min_lr, f.batch_size),

@@ -90,7 +90,7 @@ def run_pretrain(ctx: TrialContext) -> PretrainResult:
     from scaling.masking import MaskGenerator
     from scaling.models import count_params_m, get_spec
     from scaling.optim import build_pretrain_optimizer
-    from scaling.schedule import lr_at, scaled_lr
+    from scaling.schedule import lr_at, scaled_lr, warmup_steps_of
     from scaling.simmim import build_simmim
     from scaling.trial import TrialError, maybe_inject_fault
 
@@ -177,7 +177,7 @@ def run_pretrain(ctx: TrialContext) -> PretrainResult:
             s,
             schedule=p.schedule,
             total_steps=cell.iterations,
-            warmup_steps=round(p.warmup_fraction * cell.iterations),
+            warmup_steps=warmup_steps_of(p.warmup_fraction, cell.iterations),
             base_lr=peak,
             warmup_lr=scaled_lr(p.warmup_lr, p.batch_size),
             min_lr=scaled_lr(p.min_lr, p.batch_size),
