@@ -147,6 +147,7 @@ def _set_threads(cpus: float) -> None:
 def _ddp_worker(config: dict[str, Any]) -> None:
     """One DDP rank of a multi-worker cell (runs in a Ray Train worker)."""
     from ray import train
+    from ray.train.torch import get_device
 
     from scaling.trial import run_trial
 
@@ -162,6 +163,7 @@ def _ddp_worker(config: dict[str, Any]) -> None:
         config["cell_id"],
         rank=ctx.get_world_rank(),
         world_size=ctx.get_world_size(),
+        device=get_device(),  # this worker's GPU (cpu without one)
     )
 
 

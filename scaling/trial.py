@@ -125,13 +125,18 @@ def run_trial(
     report: Reporter | None = None,
     rank: int = 0,
     world_size: int = 1,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) one cell and write its results; returns the cell's row."""
+    """Run (or resume) one cell and write its results; returns the cell's row.
+
+    ``device`` defaults to :func:`pick_device`; a DDP worker passes the one its
+    launcher assigned (Ray Train maps each worker's GPU inside CUDA_VISIBLE_DEVICES).
+    """
     ctx = TrialContext(
         cell=cell,
         store=store,
         cell_id=cell_id,
-        device=pick_device(),
+        device=device or pick_device(),
         report=report,
         rank=rank,
         world_size=world_size,
