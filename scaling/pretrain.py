@@ -73,15 +73,15 @@ def validation_loss(
 ) -> float:
     """Mean masked-L1 loss over the validation set (every image has the same mask count)."""
     model.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     for batch in loader:
         images, masks = to_model_input(batch, device)
         with autocast(device, dtype):
             loss = model(images, masks)
-        total += float(loss) * len(images)
+        total += loss.double() * len(images)  # stays on the device: no wait per batch
         count += len(images)
     model.train()
-    return _mean_across_ranks(total, count, device)
+    return _mean_across_ranks(float(total), count, device)
 
 
 def run_pretrain(ctx: TrialContext) -> PretrainResult:
