@@ -163,7 +163,8 @@ def _ddp_worker(config: dict[str, Any]) -> None:
         config["cell_id"],
         rank=ctx.get_world_rank(),
         world_size=ctx.get_world_size(),
-        device=get_device(),  # this worker's GPU (cpu without one)
+        # this worker's GPU (cpu without one), unless MIMSCALE_DEVICE says otherwise
+        device=None if os.environ.get("MIMSCALE_DEVICE") else get_device(),
     )
 
 

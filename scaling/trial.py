@@ -92,6 +92,17 @@ class TrialContext:
 
 
 def pick_device() -> torch.device:
+    """``MIMSCALE_DEVICE`` if set (``cpu``, ``cuda``, ``cuda:1``), else this rank's GPU, else
+    the CPU. The variable reaches every trial (the driver forwards ``MIMSCALE_*``)."""
+    forced = os.environ.get("MIMSCALE_DEVICE")
+    if forced:
+        try:
+            device = torch.device(forced)
+        except RuntimeError as err:
+            raise TrialError(f"MIMSCALE_DEVICE: {forced!r} is not a torch device ({err})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise TrialError(f"MIMSCALE_DEVICE: {forced!r}, but this machine has no CUDA device")
+        return device
     if torch.cuda.is_available():
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         return torch.device("cuda", local_rank % torch.cuda.device_count())

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
+
+# The tests compare CPU runs to 1e-6 (exact resume, retries): on a machine with a GPU
+# they stay on the CPU too. Tests marked ``gpu`` pick CUDA themselves.
+os.environ.setdefault("MIMSCALE_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from scaling.digests import manifest_digests
 from scaling.engine import accumulate, make_scaler, optimizer_step
 from scaling.simmim import build_simmim
 from scaling.store import ResultStore
-from scaling.trial import TrialError, run_trial
+from scaling.trial import TrialError, pick_device, run_trial
 
 
 def _run(cell, tmp_path: Path, name: str = "store") -> tuple[dict, ResultStore, str]:
@@ -157,6 +157,54 @@ def test_compiled_cell_matches_eager_and_resumes_without_compile(
     assert first_val == pytest.approx(eager_val, abs=1e-5), "compiled steps 0-2 differ"
     assert resumed["train_loss"] == pytest.approx(straight["train_loss"], abs=1e-5)
     assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("tpu9", r"MIMSCALE_DEVICE: 'tpu9' is not a torch device"),
+        pytest.param(
+            "cuda",
+            r"MIMSCALE_DEVICE: 'cuda', but this machine has no CUDA device",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA"),
+        ),
+    ],
+)
+def test_a_bad_forced_device_is_named(value: str, message: str, monkeypatch) -> None:
+    monkeypatch.setenv("MIMSCALE_DEVICE", value)
+    with pytest.raises(TrialError, match=message):
+        pick_device()
+
+
+def test_the_forced_device_wins(monkeypatch) -> None:
+    monkeypatch.setenv("MIMSCALE_DEVICE", "cpu")
+    assert pick_device() == torch.device("cpu")
+    monkeypatch.delenv("MIMSCALE_DEVICE")
+    assert pick_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_one_cell_on_cuda_bf16_channels_last_resumes(
+    tiny_cell, tmp_path: Path, monkeypatch
+) -> None:
+    """A tiny cell (pre-train + fine-tune) on the GPU with amp auto (bf16) and channels-last;
+    a crash at step 5 resumes from step 4 to about the same losses (GPU kernels are not
+    bitwise deterministic, so the tolerance is loose)."""
+    cell = tiny_cell(iterations=8, pretrain={"checkpoint_interval": 4, "val_interval": 4})
+    assert cell.pretrain.amp == "auto" and cell.pretrain.channels_last
+    cuda = torch.device("cuda")
+    store = ResultStore(str(tmp_path / "straight"))
+    cell_id = cell.cell_id(manifest_digests(cell))
+    straight = run_trial(cell, store, cell_id, device=cuda)
+    assert math.isfinite(straight["val_loss"]) and math.isfinite(straight["finetune_top1"])
+    assert straight["gpu_hours"] == 0.0  # resources.gpus = 0 in the tiny cell
+    monkeypatch.setenv("MIMSCALE_FAIL_AT", f"5:{tmp_path / 'failed-once'}")
+    crashed = ResultStore(str(tmp_path / "crashed"))
+    with pytest.raises(RuntimeError, match="injected fault at pre-training step 5"):
+        run_trial(cell, crashed, cell_id, device=cuda)
+    resumed = run_trial(cell, crashed, cell_id, device=cuda)
+    assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=2e-2)
 
 
 def test_missing_manifest_is_a_located_error(tiny_cell, tmp_path: Path) -> None:
