@@ -143,12 +143,14 @@ def test_multi_worker_cell_runs_ddp_inside_its_trial(
 def test_env_forwarding_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     from scaling.grid import _set_env
 
+    before = dict(os.environ)
     monkeypatch.setenv("MIMSCALE_OLD", "1")
     _set_env({"MIMSCALE_FAIL_AT": "3:/x"})
     try:
         assert "MIMSCALE_OLD" not in os.environ and os.environ["MIMSCALE_FAIL_AT"] == "3:/x"
-    finally:
-        os.environ.pop("MIMSCALE_FAIL_AT", None)
+    finally:  # _set_env also dropped the session's MIMSCALE_DEVICE: put everything back
+        os.environ.clear()
+        os.environ.update(before)
 
 
 def test_concurrency_matches_the_cluster(tmp_path: Path, data: Path) -> None:
