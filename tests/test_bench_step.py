@@ -1,4 +1,5 @@
-"""bench/bench_step.py runs the trial's step (the GPU path minus CUDA) and reports sane figures."""
+"""bench/bench_step.py runs the trial's step (the GPU path minus CUDA) with sane figures;
+scripts/gpu_check.sh refuses a machine without CUDA, with a message."""
 
 from __future__ import annotations
 
@@ -51,3 +52,17 @@ def test_peak_lookup_prefers_the_specific_part(bench) -> None:
 def test_unknown_model_names_the_flag(bench) -> None:
     with pytest.raises(Exception, match=r"--models.*swinv2-zz.*swinv2-b"):
         bench.main(["--models", "swinv2-zz", "--device", "cpu"])
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message of a machine without CUDA"
+)
+def test_gpu_check_says_there_is_no_gpu(tmp_path: Path) -> None:
+    import subprocess
+
+    script = BENCH.parents[1] / "scripts" / "gpu_check.sh"
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "OUT": str(tmp_path / "out")}
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    assert "sees no CUDA device (torch.cuda.is_available() is False)" in done.stderr
+    assert not (tmp_path / "out").exists(), "nothing is written without a GPU"
