@@ -447,6 +447,10 @@ def _check_pretrain_schedule(pretrain: PretrainConfig, lengths: list[tuple[str, 
     from scaling.errors import ScheduleError
     from scaling.schedule import validate_schedule, validate_schedule_shape, warmup_steps_of
 
+    def located(err: ScheduleError, suffix: str = "") -> ConfigError:
+        key, _, message = str(err).partition(": ")  # "pretrain.<field>: <what is wrong>"
+        return ConfigError(key, message + suffix)
+
     p = pretrain
     try:
         validate_schedule_shape(
@@ -456,8 +460,7 @@ def _check_pretrain_schedule(pretrain: PretrainConfig, lengths: list[tuple[str, 
             section="pretrain",
         )
     except ScheduleError as err:
-        key, _, message = str(err).partition(": ")
-        raise ConfigError(key, message) from None
+        raise located(err) from None
     for where, iterations in lengths:
         try:
             validate_schedule(
@@ -469,8 +472,7 @@ def _check_pretrain_schedule(pretrain: PretrainConfig, lengths: list[tuple[str, 
                 section="pretrain",
             )
         except ScheduleError as err:
-            key, _, message = str(err).partition(": ")
-            raise ConfigError(key, f"{message} for {where} = {iterations}") from None
+            raise located(err, f" for {where} = {iterations}") from None
 
 
 def _check_model_fits(

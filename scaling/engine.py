@@ -130,18 +130,17 @@ class LossWindow:
         self._pending.append((step, loss))
 
     def read(self) -> None:
-        if not self._pending:
+        pending, self._pending = self._pending, []
+        if not pending:
             return
-        stacked = torch.stack([loss for _, loss in self._pending]).double()
+        stacked = torch.stack([loss for _, loss in pending]).double()
         if distributed():
             dist.all_reduce(stacked)
             stacked /= dist.get_world_size()
         values = stacked.tolist()
-        for (step, _), value in zip(self._pending, values, strict=True):
+        for (step, _), value in zip(pending, values, strict=True):
             if not math.isfinite(value):
-                self._pending.clear()
                 raise NonFiniteLoss(step, value)
-        self._pending.clear()
         self._values.extend(values)
 
     def mean(self) -> float:

@@ -163,8 +163,7 @@ def _ddp_worker(config: dict[str, Any]) -> None:
         config["cell_id"],
         rank=ctx.get_world_rank(),
         world_size=ctx.get_world_size(),
-        # this worker's GPU (cpu without one), unless MIMSCALE_DEVICE says otherwise
-        device=None if os.environ.get("MIMSCALE_DEVICE") else get_device(),
+        device=get_device(),  # this worker's GPU (cpu without one)
     )
 
 

@@ -54,9 +54,8 @@ def to_model_input(
     from scaling.data import normalize
 
     images, masks = batch
-    return normalize(images, device, channels_last=channels_last), masks.to(
-        device, non_blocking=True
-    )
+    masks = masks.to(device, non_blocking=True)
+    return normalize(images, device, channels_last=channels_last), masks
 
 
 def _mean_across_ranks(total: float, count: int, device: torch.device) -> float:

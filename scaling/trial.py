@@ -91,9 +91,10 @@ class TrialContext:
         return load_checkpoint(self.store, self.rel(name))
 
 
-def pick_device() -> torch.device:
-    """``MIMSCALE_DEVICE`` if set (``cpu``, ``cuda``, ``cuda:1``), else this rank's GPU, else
-    the CPU. The variable reaches every trial (the driver forwards ``MIMSCALE_*``)."""
+def pick_device(assigned: torch.device | None = None) -> torch.device:
+    """The device a trial trains on: ``MIMSCALE_DEVICE`` if set (``cpu``, ``cuda``,
+    ``cuda:1``; the driver forwards it to every trial), else ``assigned`` (a DDP
+    worker's GPU as its launcher mapped it), else this rank's GPU, else the CPU."""
     forced = os.environ.get("MIMSCALE_DEVICE")
     if forced:
         try:
@@ -103,6 +104,8 @@ def pick_device() -> torch.device:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise TrialError(f"MIMSCALE_DEVICE: {forced!r}, but this machine has no CUDA device")
         return device
+    if assigned is not None:
+        return assigned
     if torch.cuda.is_available():
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         return torch.device("cuda", local_rank % torch.cuda.device_count())
@@ -140,14 +143,14 @@ def run_trial(
 ) -> dict[str, Any]:
     """Run (or resume) one cell and write its results; returns the cell's row.
 
-    ``device`` defaults to :func:`pick_device`; a DDP worker passes the one its
-    launcher assigned (Ray Train maps each worker's GPU inside CUDA_VISIBLE_DEVICES).
+    ``device``: the one a launcher assigned (Ray Train maps each DDP worker's GPU
+    inside CUDA_VISIBLE_DEVICES); :func:`pick_device` decides, MIMSCALE_DEVICE first.
     """
     ctx = TrialContext(
         cell=cell,
         store=store,
         cell_id=cell_id,
-        device=device or pick_device(),
+        device=pick_device(device),
         report=report,
         rank=rank,
         world_size=world_size,

@@ -179,7 +179,9 @@ def test_a_bad_forced_device_is_named(value: str, message: str, monkeypatch) -> 
 def test_the_forced_device_wins(monkeypatch) -> None:
     monkeypatch.setenv("MIMSCALE_DEVICE", "cpu")
     assert pick_device() == torch.device("cpu")
+    assert pick_device(torch.device("meta")) == torch.device("cpu"), "over an assigned one"
     monkeypatch.delenv("MIMSCALE_DEVICE")
+    assert pick_device(torch.device("meta")) == torch.device("meta")
     assert pick_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -191,19 +193,19 @@ def test_one_cell_on_cuda_bf16_channels_last_resumes(
     """A tiny cell (pre-train + fine-tune) on the GPU with amp auto (bf16) and channels-last;
     a crash at step 5 resumes from step 4 to about the same losses (GPU kernels are not
     bitwise deterministic, so the tolerance is loose)."""
+    monkeypatch.setenv("MIMSCALE_DEVICE", "cuda")  # over the CPU that conftest.py pins
     cell = tiny_cell(iterations=8, pretrain={"checkpoint_interval": 4, "val_interval": 4})
     assert cell.pretrain.amp == "auto" and cell.pretrain.channels_last
-    cuda = torch.device("cuda")
     store = ResultStore(str(tmp_path / "straight"))
     cell_id = cell.cell_id(manifest_digests(cell))
-    straight = run_trial(cell, store, cell_id, device=cuda)
+    straight = run_trial(cell, store, cell_id)
     assert math.isfinite(straight["val_loss"]) and math.isfinite(straight["finetune_top1"])
     assert straight["gpu_hours"] == 0.0  # resources.gpus = 0 in the tiny cell
     monkeypatch.setenv("MIMSCALE_FAIL_AT", f"5:{tmp_path / 'failed-once'}")
     crashed = ResultStore(str(tmp_path / "crashed"))
     with pytest.raises(RuntimeError, match="injected fault at pre-training step 5"):
-        run_trial(cell, crashed, cell_id, device=cuda)
-    resumed = run_trial(cell, crashed, cell_id, device=cuda)
+        run_trial(cell, crashed, cell_id)
+    resumed = run_trial(cell, crashed, cell_id)
     assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=2e-2)
 
 
