@@ -11,7 +11,7 @@ from subsets_fixtures import imagenet
 
 from scaling.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cli_module_imports_nothing_heavy() -> None:
