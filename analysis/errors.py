@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from scaling.errors import UserError
 
-class AnalysisError(Exception):
+
+class AnalysisError(UserError):
     """Bad input to ``mimscale analyze``: missing or mistyped columns, an unreadable
     table, nothing to analyse, or no browser for ``--png``.
 
-    The CLI prints ``error: <message>`` and exits with ``exit_code``.
+    A :class:`scaling.errors.UserError`: the CLI prints ``error: <message>`` and exits 2.
     """
-
-    exit_code = 2

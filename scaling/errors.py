@@ -1,19 +1,32 @@
-"""User-facing errors of the model side (sizes, schedules).
+"""The one base of every user-facing error: :class:`UserError` (exit code 2).
 
-Each carries ``exit_code = 2`` so the CLI prints ``error: <message>`` instead of a
-traceback; messages start with the dotted config key they are about.
+A user error is bad input — a study key out of range, a missing manifest, a
+non-finite loss from a too-high learning rate — that running again will not fix.
+The CLI prints ``error: <message>`` and exits with ``exit_code``; the grid fails
+such a cell at once instead of retrying it. Anything else is a bug or a crash and
+keeps its traceback (and its retries). The message says what is wrong and where:
+the dotted config key, the file and line, the manifest or cell.
+
+This module imports nothing, so every package (``subsets``, ``analysis``, each room
+of ``scaling``) derives its errors from it without pulling anything in.
 """
 
 from __future__ import annotations
 
 
-class ModelError(ValueError):
+class UserError(ValueError):
+    """Bad input: the message names what is wrong and where; the CLI exits with 2."""
+
+    exit_code = 2
+
+
+class ModelError(UserError):
     """A bad model name, image size or checkpoint for a model."""
 
-    exit_code = 2
 
-
-class ScheduleError(ValueError):
+class ScheduleError(UserError):
     """A bad learning-rate schedule name or schedule arguments."""
 
-    exit_code = 2
+
+class UsageError(UserError):
+    """A command-line flag out of range (the verbs' own arguments, not the study's)."""
