@@ -149,6 +149,8 @@ def _info_from_metadata(path: Path, metadata: dict[bytes, bytes] | None) -> Mani
             )
         fields["classes"] = tuple(fields["classes"])
         return ManifestInfo(**fields)
+    except SubsetError:  # a UserError, so a ValueError: keep its own message
+        raise
     except (ValueError, TypeError, KeyError) as err:
         raise SubsetError(f"{path}: unreadable manifest metadata: {err}") from None
 
