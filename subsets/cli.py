@@ -8,6 +8,7 @@ imports what it needs. Handlers return an exit code; bad input raises SubsetErro
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,13 @@ def register(subparsers: Any) -> None:
     build.add_argument("--workers", type=int, default=8, help="scanning threads (default: 8)")
     build.set_defaults(func=run_build)
 
-    verify = sub.add_parser("verify", help="check manifests against the images on disk")
+    verify = sub.add_parser(
+        "verify",
+        help="check manifests against the images on disk",
+        description="Check every manifest (metadata, labels, keys, digest, files). Exit "
+        "code: 0 all good, 1 problems found, 2 a manifest could not be read (each is "
+        "reported; the others are still checked).",
+    )
     verify.add_argument("manifests", nargs="+", type=Path, metavar="MANIFEST")
     verify.add_argument("--root", type=Path, required=True, help="data root")
     verify.add_argument("--decode", action="store_true", help="also decode every image")
@@ -206,14 +213,27 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    """Verify every manifest; one that cannot be read is reported and the others go on.
+
+    Exit code: 2 if a manifest was unreadable, else 1 if problems were found, else 0.
+    """
+    from subsets.errors import SubsetError
+    from subsets.scan import check_root
     from subsets.verify import verify_manifest
 
-    failed = 0
+    check_root(args.root, "root")
+    failed = broken = 0
+    checks = "paths, labels, keys, digest" + (", decode" if args.decode else "")
     for manifest in args.manifests:
-        report = verify_manifest(
-            manifest, args.root, decode=args.decode, workers=args.workers, limit=args.limit
-        )
-        checks = "paths, labels, keys, digest" + (", decode" if args.decode else "")
+        try:
+            report = verify_manifest(
+                manifest, args.root, decode=args.decode, workers=args.workers, limit=args.limit
+            )
+        except SubsetError as err:
+            broken += 1
+            print(f"{manifest}: BROKEN: {err}")
+            print(f"error: {err}", file=sys.stderr)
+            continue
         if report.ok:
             print(f"{manifest}: OK: {report.checked:,} images ({checks})")
             continue
@@ -223,7 +243,7 @@ def run_verify(args: argparse.Namespace) -> int:
         for kind, examples in report.examples.items():
             for example in examples:
                 print(f"  {kind}: {example}")
-    return 1 if failed else 0
+    return 2 if broken else (1 if failed else 0)
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from subsets.arrow import from_numpy, repeated_string, string_array
 from subsets.atomic import atomic_path
 from subsets.errors import SubsetError
+from subsets.integrity import check_columns, check_fields, check_schema
 
 FORMAT_VERSION = 1
 METADATA_KEY = b"mimscale"
@@ -142,16 +143,15 @@ def _info_from_metadata(path: Path, metadata: dict[bytes, bytes] | None) -> Mani
         raise SubsetError(f"{path}: not a mimscale manifest (no {METADATA_KEY!r} metadata)")
     try:
         fields = json.loads(raw)
-        if fields.get("format_version", 0) > FORMAT_VERSION:
+        if isinstance(fields, dict) and fields.get("format_version", 0) > FORMAT_VERSION:
             raise SubsetError(
                 f"{path}: manifest format {fields['format_version']} is newer than this "
                 f"mimscale reads ({FORMAT_VERSION})"
             )
+        check_fields(fields)
         fields["classes"] = tuple(fields["classes"])
         return ManifestInfo(**fields)
-    except SubsetError:  # a UserError, so a ValueError: keep its own message
-        raise
-    except (ValueError, TypeError, KeyError) as err:
+    except (ValueError, TypeError, KeyError) as err:  # UnicodeDecodeError is a ValueError
         raise SubsetError(f"{path}: unreadable manifest metadata: {err}") from None
 
 
@@ -162,7 +162,7 @@ def read_manifest_info(path: str | Path) -> ManifestInfo:
         raise SubsetError(f"manifest {path}: no such file")
     try:
         schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as err:
+    except (pa.ArrowException, OSError) as err:
         raise SubsetError(f"{path}: not a Parquet file ({err})") from None
     return _info_from_metadata(path, schema.metadata)
 
@@ -175,10 +175,20 @@ def manifest_digest(path: str | Path) -> str:
 def read_manifest(
     path: str | Path, columns: list[str] | None = None, *, as_pandas: bool = False
 ) -> tuple[pa.Table | Any, ManifestInfo]:
-    """(rows, info) of a manifest; ``columns`` selects columns, ``as_pandas`` a DataFrame."""
+    """(rows, info) of a manifest; ``columns`` selects columns, ``as_pandas`` a DataFrame.
+
+    A damaged file (a column missing or mistyped, unreadable pages, nulls, strings that
+    are not UTF-8) raises SubsetError naming the file and what is wrong.
+    """
     info = read_manifest_info(path)
     unknown = sorted(set(columns or ()) - set(SCHEMA.names))
     if unknown:
         raise SubsetError(f"{path}: unknown columns {unknown}; valid: {SCHEMA.names}")
-    table = pq.read_table(path, columns=columns)
+    path = Path(path)
+    try:
+        check_schema(path, pq.read_schema(path), SCHEMA, columns or SCHEMA.names)
+        table = pq.read_table(path, columns=columns or SCHEMA.names)
+    except (pa.ArrowException, OSError) as err:
+        raise SubsetError(f"{path}: unreadable Parquet data ({err})") from None
+    check_columns(path, table)
     return (table.to_pandas() if as_pandas else table), info

@@ -57,13 +57,14 @@ def _check_table(report: VerifyReport, table: pa.Table, limit: int) -> None:
     info, paths = report.info, table.column("path").combine_chunks()
     labels = to_numpy(table.column("label"))
     n = table.num_rows
+    if n != info.num_images:
+        report.add("metadata", 1, [f"{n} rows, metadata says {info.num_images}"], limit)
+        return  # the row-wise checks would compare columns of different lengths
 
     def rows(bad: np.ndarray, why: str) -> tuple[int, list[str]]:
         idx = np.flatnonzero(bad)
         return len(idx), [f"row {i}: {paths[int(i)].as_py()}: {why}" for i in idx[:limit]]
 
-    if n != info.num_images:
-        report.add("metadata", 1, [f"{n} rows, metadata says {info.num_images}"], limit)
     wnid = table.column("wnid").combine_chunks()
     if not pa.types.is_dictionary(wnid.type):
         wnid = wnid.dictionary_encode()
