@@ -108,6 +108,10 @@ def region_weights(mask: torch.Tensor, scale: float) -> torch.Tensor:
     return m.flatten(1)
 
 
+SCALES = (4.0, 2.0, 1.0, 0.5)
+"""Feature-map resizes a ViT tap's decoder can make (region = patch / scale)."""
+
+
 def _scale_head(width: int, scale: float) -> tuple[list[nn.Module], int]:
     """Layers that resize a (B, width, h, w) map by ``scale``, and their output width."""
     up = {
@@ -122,8 +126,6 @@ def _scale_head(width: int, scale: float) -> tuple[list[nn.Module], int]:
         0.5: lambda: [nn.AvgPool2d(2, stride=2)],
     }
     hidden = {4.0: width // 4, 2.0: width // 2, 1.0: width, 0.5: width}
-    if scale not in up:
-        raise ModelError(f"localmim.scales: {scale} not one of {', '.join(map(str, up))}")
     return up[scale](), hidden[scale]
 
 
@@ -167,6 +169,9 @@ def _check_taps(taps: tuple[int, ...], scales: tuple[float, ...], depth: int) ->
         raise ModelError(
             f"localmim.taps: must be increasing block indices in 0 … {depth - 1}, got {list(taps)}"
         )
+    unknown = [s for s in scales if s not in SCALES]
+    if unknown:
+        raise ModelError(f"localmim.scales: {unknown[0]} not one of {', '.join(map(str, SCALES))}")
     if len(scales) != len(taps):
         raise ModelError(
             f"localmim.scales: need one per tap ({len(taps)}), got {len(scales)}: {list(scales)}"
