@@ -26,10 +26,11 @@ from subsets.manifest import (
     read_manifest_info,
     write_manifest,
 )
-from subsets.outdir import check_out_dir
+from subsets.outdir import check_out_dir, check_targets
 from subsets.registry import (
     SourceKind,
     SubsetSpec,
+    check_prefix,
     default_subsets,
     fraction_name,
     load_class_list,
@@ -37,7 +38,13 @@ from subsets.registry import (
     source_kind,
 )
 from subsets.scan import DEFAULT_WORKERS, scan_tree
-from subsets.select import check_fraction, holdout_counts, select_fraction, select_holdout
+from subsets.select import (
+    FractionLike,
+    check_fraction,
+    holdout_counts,
+    select_fraction,
+    select_holdout,
+)
 from subsets.source import PreparedSource, prepare_source
 from subsets.val import scan_val
 
@@ -67,8 +74,9 @@ class BuildConfig:
     scanned folders. Listing paths are taken as written (relative to it)."""
     subsets: tuple[str, ...] = ()
     """Subset names; default: the source kind's defaults (unless ``fractions``)."""
-    fractions: tuple[float, ...] = ()
-    """Extra fractions of train, written as ``<prefix>-<N>pct``."""
+    fractions: tuple[FractionLike, ...] = ()
+    """Extra fractions of train, written as ``<prefix>-<N>pct`` (N exact: give decimal
+    strings or Fractions for more digits than a float prints)."""
     name_prefix: str | None = None
     """Prefix of generated names; default: the source kind's name."""
     seed: int = 0
@@ -221,7 +229,7 @@ def _info_fields(plan: _Plan, seed: int, held_per_class: int) -> dict:
         "source_input": plan.source.input,
         "source_digest": plan.source.digest,
         "seed": seed,
-        "fraction": plan.spec.fraction,
+        "fraction": float(plan.spec.fraction),  # a float, as in every earlier manifest
         "holdout_per_class": held_per_class,
         "class_subset": plan.spec.class_subset,
         "classes": plan.classes,
@@ -269,10 +277,10 @@ class BuildResult:
 def build_subsets(config: BuildConfig) -> BuildResult:
     """Read the sources of ``config`` and write its manifests (see the module docstring)."""
     kind = source_kind(config.source_kind)
-    prefix = config.name_prefix or kind.name
-    if not prefix or "/" in prefix or prefix.startswith("."):
-        raise SubsetError(f"--name-prefix: not a usable file name prefix: {prefix!r}")
+    prefix = config.name_prefix if config.name_prefix is not None else kind.name
+    check_prefix(prefix, kind)
     specs = [resolve_subset(n, kind, prefix) for n in _subset_names(config, kind, prefix)]
+    check_targets(config.out_dir, [s.name for s in specs])
     held_per_class = (
         config.holdout_per_class if config.holdout_per_class is not None else kind.holdout_per_class
     )

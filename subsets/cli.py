@@ -17,13 +17,9 @@ def _csv_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def _fractions(text: str) -> list[float]:
-    try:
-        return [float(item) for item in _csv_list(text)]  # the range is checked by the build
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a number (or comma-separated numbers): {text!r}"
-        ) from None
+def _fractions(text: str) -> list[str]:
+    """The fractions as written: the build reads them exactly (0.1 is 1/10, not a float)."""
+    return _csv_list(text)
 
 
 def register(subparsers: Any) -> None:
@@ -278,7 +274,13 @@ def run_list(args: argparse.Namespace) -> int:
     rows = [["subset", "source", "split", "fraction", "classes"]]
     for spec in STANDARD_SUBSETS.values():
         rows.append(
-            [spec.name, spec.source, spec.split, f"{spec.fraction:g}", spec.class_subset or "all"]
+            [
+                spec.name,
+                spec.source,
+                spec.split,
+                f"{float(spec.fraction):g}",
+                spec.class_subset or "all",
+            ]
         )
     print(_table(rows))
     print("\nany fraction: <prefix>-<N>pct (e.g. in1k-5pct, or --fraction 0.05)")

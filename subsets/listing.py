@@ -3,18 +3,22 @@
 A listing file names a tree's images without scanning it, for trees too slow to scan
 on network storage. Two forms, paths relative to the data root:
 
-* one ``relative/path wnid`` per line, separated by one space (blank lines ignored);
+* one ``relative/path wnid`` per line, separated by one space (blank and
+  whitespace-only lines ignored);
   parsed by :mod:`subsets.parse` (numpy, 14.2M lines in seconds);
 * CSV whose header names the columns ``path`` and ``wnid`` (for paths with spaces);
   parsed by pyarrow.csv.
 
 When the fast parse fails, a line-by-line pass finds the offending line to name it.
+Paths are normalised (:mod:`subsets.pathnorm`: ``./a``, ``a//b`` become ``a``, ``a/b``)
+so a listing selects exactly like a scan of the same tree; NUL bytes are refused.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +31,12 @@ from subsets.arrow import to_numpy
 from subsets.errors import SubsetError
 from subsets.packed import ByteStrings, byte_strings
 from subsets.parse import Malformed, parse_listing
+from subsets.pathnorm import normalise_paths
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+_BLANK_LINES = re.compile(rb"(?m)^[ \t\r\f\v]+(\n|\Z)")
 
 
 @dataclass(kw_only=True)
@@ -83,7 +89,7 @@ def _data_lines(path: Path, skip_header: bool) -> Iterator[tuple[int, bytes]]:
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, start=1):
             line = raw.rstrip(b"\r\n")
-            if (number == 1 and skip_header) or not line:
+            if (number == 1 and skip_header) or not line.strip():
                 continue
             yield number, line
 
@@ -104,6 +110,8 @@ def _bad_line(path: Path, is_csv: bool, detail: str) -> SubsetError:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
             return SubsetError(f"{path} line {number}: not valid UTF-8: {raw[:80]!r}")
+        if "\0" in line:
+            return SubsetError(f"{path} line {number}: NUL byte: {raw[:80]!r}")
         fields = next(csv.reader([line])) if is_csv else line.split(" ")
         if len(fields) != (len(header) if is_csv else 2) or not all(fields):
             expected = (
@@ -130,8 +138,17 @@ def _read_csv_form(path: Path) -> tuple[ByteStrings, np.ndarray, list[str]]:
     try:
         table = pacsv.read_csv(path, read, parse, convert)
     except (pa.ArrowInvalid, pa.ArrowKeyError) as err:
-        raise _bad_line(path, True, str(err)) from None
+        data = path.read_bytes()
+        kept = _BLANK_LINES.sub(b"", data)  # whitespace-only lines count as blank
+        if kept == data:
+            raise _bad_line(path, True, str(err)) from None
+        try:
+            table = pacsv.read_csv(pa.BufferReader(kept), read, parse, convert)
+        except (pa.ArrowInvalid, pa.ArrowKeyError) as err2:
+            raise _bad_line(path, True, str(err2)) from None
     wnids = table.column("wnid").combine_chunks().dictionary_encode()
+    if any("\0" in w for w in wnids.dictionary.to_pylist()):
+        raise _bad_line(path, True, "NUL byte in a wnid")
     codes = to_numpy(wnids.indices).astype(np.int32)
     return byte_strings(table.column("path")), codes, wnids.dictionary.to_pylist()
 
@@ -190,6 +207,9 @@ def read_listing(path: str | Path) -> Listing:
     if not len(paths):
         raise SubsetError(f"listing {path}: no entries")
     listing = Listing(paths=paths, codes=codes, wnids=wnids, origin=path, kind="listing")
+    normalised = normalise_paths(listing.paths, listing.where)
+    if normalised:
+        logger.info("%s: %d paths normalised (./, //, /./ parts dropped)", path, normalised)
     check_rows(listing)
     total = len(paths)
     listing = keep_images(listing)

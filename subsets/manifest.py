@@ -151,6 +151,8 @@ def _info_from_metadata(path: Path, metadata: dict[bytes, bytes] | None) -> Mani
         check_fields(fields)
         fields["classes"] = tuple(fields["classes"])
         return ManifestInfo(**fields)
+    except SubsetError:  # a UserError, so a ValueError: keep its own message
+        raise
     except (ValueError, TypeError, KeyError) as err:  # UnicodeDecodeError is a ValueError
         raise SubsetError(f"{path}: unreadable manifest metadata: {err}") from None
 

@@ -6,11 +6,17 @@ same seed are nested, and the held-out val set is disjoint from train. Writing, 
 that, so a build refuses (unless ``--force``) when the directory already holds a
 manifest of the same source kind built from a different source digest, seed or
 hold-out count.
+
+:func:`check_targets` runs before anything is read or written: ``--out`` must be (or
+be creatable as) a writable folder, and no target ``<name>.parquet`` may be a folder or
+another non-file, ``--force`` or not, so a build never stops after replacing some
+manifests.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +66,29 @@ def check_out_dir(
             )
         if problems:
             logger.warning("--force: %s was built %s", path, " and ".join(problems))
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_targets(out_dir: Path, names: list[str]) -> None:
+    """Refuse an ``--out`` that is not a writable folder, or a target that is not a file."""
+    out_dir = out_dir.absolute()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SubsetError(f"--out {out_dir}: not a folder")
+    existing = _nearest_existing(out_dir)
+    if not existing.is_dir():
+        raise SubsetError(f"--out {out_dir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "folder" if existing == out_dir else f"folder cannot be created: {existing}"
+        raise SubsetError(f"--out {out_dir}: {what} is not writable")
+    for name in names:
+        target = out_dir / f"{name}.parquet"
+        if target.exists() and not target.is_file():
+            raise SubsetError(
+                f"--out {out_dir}: {target.name} exists and is not a file; remove it or "
+                "choose another --out"
+            )

@@ -21,6 +21,7 @@ from subsets.arrow import to_numpy
 from subsets.packed import ByteStrings
 
 _NEWLINE, _SPACE, _CR = 10, 32, 13
+_WHITESPACE = np.array([9, 11, 12, 13, 32], dtype=np.uint8)  # what bytes.strip() drops
 _SCAN_CHUNK = 1 << 20
 
 
@@ -50,6 +51,15 @@ def _find_bytes(buf: np.ndarray, size: int, values: tuple[int, ...]) -> list[np.
     return [np.concatenate(p) if p else np.zeros(0, dtype=np.int64) for p in found]
 
 
+def _whitespace_only(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which of the non-empty lines hold only whitespace (blank lines, like empty ones)."""
+    blank = np.zeros(len(starts), dtype=bool)
+    maybe = np.flatnonzero(np.isin(buf[starts], _WHITESPACE))  # few: checked one by one
+    for i in maybe.tolist():
+        blank[i] = not buf[starts[i] : ends[i]].tobytes().strip()
+    return blank
+
+
 def _fields(buf: np.ndarray, size: int, skip_first: bool) -> tuple[np.ndarray, ...]:
     """(path starts, path lengths, wnid starts, wnid lengths) of the non-blank lines."""
     ends, spaces = _find_bytes(buf, size, (_NEWLINE, _SPACE))
@@ -60,6 +70,11 @@ def _fields(buf: np.ndarray, size: int, skip_first: bool) -> tuple[np.ndarray, .
         starts, ends = starts[1:], ends[1:]
     ends[(ends > starts) & (buf[np.maximum(ends - 1, 0)] == _CR)] -= 1  # CRLF files
     filled = ends > starts
+    blank = np.zeros_like(filled)
+    blank[filled] = _whitespace_only(buf, starts[filled], ends[filled])
+    if blank.any():  # their spaces are no field separators
+        spaces = spaces[~blank[np.minimum(np.searchsorted(ends, spaces), len(ends) - 1)]]
+        filled &= ~blank
     if not filled.all():
         starts, ends = starts[filled], ends[filled]
     if skip_first and len(spaces):
@@ -87,6 +102,9 @@ def _group(wnids: ByteStrings) -> tuple[np.ndarray, list[str]]:
 
 
 def _check_utf8(buf: np.ndarray, size: int) -> None:
+    """Malformed unless ``buf[:size]`` is UTF-8 without NUL bytes."""
+    if size and not buf[:size].all():
+        raise Malformed  # a NUL byte: no path or wnid holds one
     if size and buf[:size].max() >= 0x80:  # pure ASCII needs no further check
         offsets = pa.py_buffer(np.array([0, size], dtype=np.int32))
         try:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 from subsets.errors import SubsetError
-from subsets.select import check_fraction
+from subsets.select import FractionLike, check_fraction, percent_text
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -27,7 +28,7 @@ class SourceKind:
     """Registry name, also the default prefix of subset names."""
     description: str
     """One line for ``mimscale subsets list``."""
-    default_fractions: tuple[float, ...] = (1.0,)
+    default_fractions: tuple[Fraction, ...] = (Fraction(1),)
     """Fractions of train written by default (as ``<prefix>-<N>pct``)."""
     holdout_per_class: int = 0
     """>0: the val set is held out of train (this many per class, at most half)."""
@@ -45,8 +46,8 @@ class SubsetSpec:
     """Source kind it is drawn from."""
     split: str
     """'train' (a fraction of train) or 'val'."""
-    fraction: float = 1.0
-    """Fraction of every class kept."""
+    fraction: Fraction = Fraction(1)
+    """Fraction of every class kept (exact; the manifest records it as a float)."""
     class_subset: str | None = None
     """Named class list (a file ``subsets/data/<name>.txt``) restricting the classes."""
 
@@ -57,7 +58,7 @@ SOURCE_KINDS: dict[str, SourceKind] = {
         SourceKind(
             name="in1k",
             description="ImageNet-1K (ILSVRC-2012): train tree + val (folders or flat + CSV)",
-            default_fractions=(0.1, 0.2, 0.5, 1.0),
+            default_fractions=(Fraction(1, 10), Fraction(1, 5), Fraction(1, 2), Fraction(1)),
         ),
         SourceKind(
             name="in22k",
@@ -68,7 +69,7 @@ SOURCE_KINDS: dict[str, SourceKind] = {
         SourceKind(
             name="demo",
             description="the embedded demo set (mimscale subsets demo)",
-            default_fractions=(1.0, 0.5, 0.25),
+            default_fractions=(Fraction(1), Fraction(1, 2), Fraction(1, 4)),
         ),
         SourceKind(name="folder", description="any ROOT/<class>/<image> tree"),
     )
@@ -77,10 +78,10 @@ SOURCE_KINDS: dict[str, SourceKind] = {
 STANDARD_SUBSETS: dict[str, SubsetSpec] = {
     s.name: s
     for s in (
-        SubsetSpec(name="in1k-10pct", source="in1k", split="train", fraction=0.1),
-        SubsetSpec(name="in1k-20pct", source="in1k", split="train", fraction=0.2),
-        SubsetSpec(name="in1k-50pct", source="in1k", split="train", fraction=0.5),
-        SubsetSpec(name="in1k-100pct", source="in1k", split="train", fraction=1.0),
+        SubsetSpec(name="in1k-10pct", source="in1k", split="train", fraction=Fraction(1, 10)),
+        SubsetSpec(name="in1k-20pct", source="in1k", split="train", fraction=Fraction(1, 5)),
+        SubsetSpec(name="in1k-50pct", source="in1k", split="train", fraction=Fraction(1, 2)),
+        SubsetSpec(name="in1k-100pct", source="in1k", split="train", fraction=Fraction(1)),
         SubsetSpec(name="in1k-val", source="in1k", split="val"),
         SubsetSpec(name="in100", source="in1k", split="train", class_subset="in100_cmc"),
         SubsetSpec(name="in100-val", source="in1k", split="val", class_subset="in100_cmc"),
@@ -99,16 +100,16 @@ def source_kind(name: str) -> SourceKind:
     return SOURCE_KINDS[name]
 
 
-def fraction_name(prefix: str, fraction: float) -> str:
-    """``'in1k-5pct'`` for (in1k, 0.05); ``'in1k-12.5pct'`` for 0.125."""
-    pct = round(check_fraction(fraction) * 100, 6)
-    return f"{prefix}-{pct:g}pct"
+def fraction_name(prefix: str, fraction: FractionLike) -> str:
+    """``'in1k-5pct'`` for (in1k, 0.05); ``'in1k-12.5pct'`` for 0.125: the exact
+    percentage, so the name determines the fraction and the fraction the name."""
+    return f"{prefix}-{percent_text(check_fraction(fraction))}pct"
 
 
 def default_subsets(kind: SourceKind, prefix: str, with_val: bool) -> list[str]:
     """The subsets a build of ``kind`` writes when none are named."""
     names = [
-        kind.full_name if (f == 1.0 and kind.full_name) else fraction_name(prefix, f)
+        kind.full_name if (f == 1 and kind.full_name) else fraction_name(prefix, f)
         for f in kind.default_fractions
     ]
     if with_val or kind.holdout_per_class:
@@ -130,7 +131,10 @@ def resolve_subset(name: str, kind: SourceKind, prefix: str) -> SubsetSpec:
         return SubsetSpec(name=name, source=kind.name, split="val")
     match = _PCT.match(name)
     if match and match["prefix"] == prefix:
-        fraction = check_fraction(float(match["pct"]) / 100, where=f"subset {name}")
+        fraction = check_fraction(Fraction(match["pct"]) / 100, where=f"subset {name}")
+        canonical = fraction_name(prefix, fraction)
+        if name != canonical:  # one name per fraction: no two files of the same subset
+            raise SubsetError(f"subset {name}: write it as {canonical}")
         return SubsetSpec(name=name, source=kind.name, split="train", fraction=fraction)
     valid = [n for n, s in STANDARD_SUBSETS.items() if s.source == kind.name]
     valid += [f"{prefix}-val", f"{prefix}-<N>pct"]
@@ -148,3 +152,19 @@ def load_class_list(name: str) -> tuple[str, ...]:
         raise SubsetError(f"unknown class list {name!r}; valid: {', '.join(known)}")
     lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
     return tuple(line for line in lines if line)
+
+
+def check_prefix(prefix: str, kind: SourceKind) -> None:
+    """Refuse a name prefix that is no file name, or whose names would be taken for
+    standard subsets of other contents (``--name-prefix in100``: ``in100-val`` is the
+    100 CMC classes, while ``in100-<N>pct`` would span every class)."""
+    if not prefix or "/" in prefix or prefix.startswith(".") or "\0" in prefix:
+        raise SubsetError(f"--name-prefix: not a usable file name prefix: {prefix!r}")
+    if prefix == kind.name:
+        return
+    taken = [n for n in STANDARD_SUBSETS if n == prefix or n.startswith(f"{prefix}-")]
+    if taken:
+        raise SubsetError(
+            f"--name-prefix {prefix}: its names would clash with the standard subsets "
+            f"{', '.join(taken)}; choose another prefix"
+        )

@@ -45,11 +45,14 @@ def check_root(root: Path, what: str) -> Path:
 def top_level(root: Path) -> tuple[list[str], list[str]]:
     """Sorted names of the folders and of the other entries directly under ``root``."""
     folders, files = [], []
-    with os.scandir(root) as it:
-        for entry in it:
-            if entry.name.startswith("."):
-                continue
-            (folders if entry.is_dir() else files).append(entry.name)
+    try:
+        with os.scandir(root) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                (folders if entry.is_dir() else files).append(entry.name)
+    except OSError as err:
+        raise SubsetError(f"cannot read folder {root}: {err.strerror or err}") from None
     return sorted(folders), sorted(files)
 
 
@@ -62,8 +65,16 @@ def _progress(total: int, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="class", file=sys.stderr, disable=None)
 
 
+def _list_folder(folder: bytes) -> list[bytes]:
+    try:
+        return os.listdir(folder)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise SubsetError(f"cannot read class folder {os.fsdecode(folder)}: {reason}") from None
+
+
 def _list_batch(folders: list[bytes]) -> list[list[bytes]]:
-    return [os.listdir(folder) for folder in folders]
+    return [_list_folder(folder) for folder in folders]
 
 
 def _list_folders(root: Path, classes: list[str], workers: int) -> list[list[bytes]]:

@@ -10,6 +10,7 @@ are skipped and counted.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from pathlib import Path
@@ -42,7 +43,19 @@ def read_val_csv(csv_path: Path) -> tuple[list[str], list[str], list[int]]:
     wnids: list[str] = []
     lines: list[int] = []
     seen: dict[str, int] = {}
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+    data = csv_path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        start = data.rfind(b"\n", 0, err.start) + 1
+        end = data.find(b"\n", err.start)
+        raw = data[start : end if end >= 0 else len(data)]
+        raise SubsetError(f"{csv_path} line {line}: not valid UTF-8: {raw[:80]!r}") from None
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise SubsetError(f"{csv_path} line {line}: NUL byte")
+    with io.StringIO(text, newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None or not {"ImageId", "PredictionString"} <= set(header):
