@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-# Mirrors analysis.table.CELL_COLUMNS, which this light module cannot import (pandas).
+# Mirrors analysis.validate.CELL_COLUMNS, which this light module cannot import (pandas).
 REQUIRED_COLUMNS = (
     "model", "params_m", "data", "n_train_images", "iterations", "val_loss", "finetune_top1",
 )  # fmt: skip
-OPTIONAL_COLUMNS = ("cell_id", "status", "train_loss", "finetune_top5")
+OPTIONAL_COLUMNS = ("cell_id", "seed", "status", "train_loss", "finetune_top5")
 
 
 def register(subparsers: Any) -> None:
@@ -24,7 +24,11 @@ def register(subparsers: Any) -> None:
         f"optional: {', '.join(OPTIONAL_COLUMNS)} (see `pydoc analysis.table`).",
     )
     parser.add_argument(
-        "source", metavar="SOURCE", help="study results dir, or a .csv/.parquet table"
+        "source",
+        metavar="SOURCE",
+        nargs="?",
+        help="study results dir, or a .csv/.parquet table (omit with --reference to "
+        "analyse the published table itself)",
     )
     parser.add_argument("-o", "--out", required=True, metavar="OUT", help="output directory")
     parser.add_argument(
@@ -37,6 +41,12 @@ def register(subparsers: Any) -> None:
         "--curves", metavar="TABLE", help="curves table (CSV/Parquet) for an external SOURCE"
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument(
+        "--reference",
+        metavar="NAME",
+        help="published results to compare with: 'paper' (Xie et al. 2023, 63 cells); "
+        "overlaid on the figures, matching cells compared in a table",
+    )
     parser.set_defaults(func=run_analyze)
 
 
@@ -44,6 +54,13 @@ def run_analyze(args: argparse.Namespace) -> int:
     """Write the report; errors are AnalysisError (exit 2), printed by the main CLI."""
     from analysis.report import write_report
 
-    report = write_report(args.source, args.out, png=args.png, curves=args.curves, seed=args.seed)
+    report = write_report(
+        args.source,
+        args.out,
+        png=args.png,
+        curves=args.curves,
+        seed=args.seed,
+        reference_name=args.reference,
+    )
     print(report)
     return 0

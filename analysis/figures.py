@@ -6,7 +6,6 @@ PNG file names. Scaling figures live in :mod:`analysis.figures_scaling`.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -15,46 +14,90 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis import style
+from analysis.figures_heatmap import heatmap
 from analysis.figures_scaling import scaling_vs_data, scaling_vs_model_size
+from analysis.fits import line_band
 from analysis.table import Results
 
 
-def build_figures(results: Results, fits: dict[str, Any]) -> dict[str, go.Figure]:
-    """All figures, keyed by name, in report order."""
+def build_figures(
+    results: Results, fits: dict[str, Any], published: Results | None = None
+) -> dict[str, go.Figure]:
+    """All figures, keyed by name, in report order; ``published`` cells are overlaid."""
     cells = results.cells
+    ref = published.cells if published is not None else None
     return {
-        "val_loss_vs_top1": val_loss_vs_top1(cells, fits),
+        "val_loss_vs_top1": val_loss_vs_top1(cells, fits, ref),
         "overfitting_curves": overfitting_curves(cells, results.curves, fits),
-        "scaling_vs_data": scaling_vs_data(cells, fits),
+        "scaling_vs_data": scaling_vs_data(cells, fits, ref),
         "scaling_vs_model_size": scaling_vs_model_size(cells, fits),
-        "best_top1_heatmap": best_top1_heatmap(cells),
+        "top1_heatmap": heatmap(cells, fits, "finetune_top1"),
+        "val_loss_heatmap": heatmap(cells, fits, "val_loss"),
     }
 
 
-def val_loss_vs_top1(cells: pd.DataFrame, fits: dict[str, Any]) -> go.Figure:
-    """Figure 1: one colour per model, overfitting cells ringed, the overall fit line."""
+LENGTH_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "pentagon", "hexagon", "star")
+
+
+def val_loss_vs_top1(
+    cells: pd.DataFrame, fits: dict[str, Any], published: pd.DataFrame | None = None
+) -> go.Figure:
+    """Figure 1: colour by model, shape by length, a line per model, the overall line with
+    its 95% band, overfitting cells ringed, published cells (grey) when given."""
     cells = cells[np.isfinite(cells["val_loss"]) & np.isfinite(cells["finetune_top1"])]
     models = style.ordered(cells, "model", "params_m")
     colors = style.qualitative(models)
-    corr = fits["correlation"]
+    lengths = sorted(cells["iterations"].unique())
+    symbols = {it: LENGTH_SYMBOLS[i % len(LENGTH_SYMBOLS)] for i, it in enumerate(lengths)}
+    corr, lines = fits["correlation"], fits["linear_fit"]
     fig = go.Figure()
+    _overall_line(fig, lines["overall"])
+    if published is not None:
+        fig.add_trace(_published_points(published))
     for model in models:
         part = cells[cells["model"] == model]
         r = corr["by_model"].get(model, {}).get("pearson")
+        name = f"{model} (r = {style.fmt_ci(r)})" if r else str(model)
         fig.add_trace(
             go.Scatter(
                 x=part["val_loss"],
                 y=part["finetune_top1"],
                 mode="markers",
-                name=f"{model} (r = {style.fmt_ci(r)})" if r else str(model),
+                name=name,
+                legendgroup=str(model),
                 marker={
                     "color": colors[model],
-                    "size": 9,
+                    "symbol": [symbols[it] for it in part["iterations"]],
+                    "size": 10,
                     "line": {"width": 0.5, "color": "white"},
                 },
                 customdata=part[["cell_id", "data", "iterations"]].to_numpy(),
                 hovertemplate="%{customdata[0]}<br>data %{customdata[1]}, %{customdata[2]:,} it"
                 "<br>val loss %{x:.4f}<br>top-1 %{y:.2f}<extra>" + str(model) + "</extra>",
+            )
+        )
+        line = lines["by_model"].get(model, {})
+        if "slope" in line:
+            xs = np.linspace(*line["x_range"], 20)
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=line["intercept"] + line["slope"] * xs,
+                    mode="lines",
+                    legendgroup=str(model),
+                    showlegend=False,
+                    line={"color": colors[model], "width": 1.2},
+                    hoverinfo="skip",
+                )
+            )
+    for it in lengths:  # legend entries for the shapes
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name=f"{style.fmt_count(it)} it",
+                marker={"symbol": symbols[it], "color": "#888", "size": 9},
             )
         )
     over = cells[cells["cell_id"].isin(fits["overfitting"]["overfitting_cells"])]
@@ -67,31 +110,19 @@ def val_loss_vs_top1(cells: pd.DataFrame, fits: dict[str, Any]) -> go.Figure:
                 name="overfitting cell",
                 marker={
                     "symbol": "circle-open",
-                    "size": 16,
+                    "size": 17,
                     "color": style.OVERFIT_COLOR,
                     "line": {"width": 2},
                 },
                 hoverinfo="skip",
             )
         )
-    line = fits["linear_fit"]["overall"]
-    if "slope" in line:
-        xs = np.linspace(cells["val_loss"].min(), cells["val_loss"].max(), 50)
-        fig.add_trace(
-            go.Scatter(
-                x=xs,
-                y=line["intercept"] + line["slope"] * xs,
-                mode="lines",
-                name=f"linear fit (LOO MAE {line['loo_mae']:.2f} pts)",
-                line={"color": "black", "dash": "dash", "width": 1.5},
-                hoverinfo="skip",
-            )
-        )
     overall = corr["overall"]
+    method = (overall.get("pearson") or {}).get("ci_method", "")
     subtitle = (
         f"Pearson r = {style.fmt_ci(overall.get('pearson'))}, "
         f"Spearman ρ = {style.fmt_ci(overall.get('spearman'))}, "
-        f"Kendall τ = {style.fmt_ci(overall.get('kendall'))} (95% bootstrap CI), "
+        f"Kendall τ = {style.fmt_ci(overall.get('kendall'))} (95% CI, {method}), "
         f"n = {overall['n']}"
     )
     fig.update_layout(**style.layout("Validation loss vs fine-tuned top-1", subtitle))
@@ -100,86 +131,220 @@ def val_loss_vs_top1(cells: pd.DataFrame, fits: dict[str, Any]) -> go.Figure:
     return style.note_if_empty(fig, cells.empty, "no cells with both val loss and top-1")
 
 
+def _overall_line(fig: go.Figure, line: dict[str, Any]) -> None:
+    """The overall least-squares line with the 95% band of its mean."""
+    if "slope" not in line:
+        return
+    xs = np.linspace(*line["x_range"], 50)
+    ys = line["intercept"] + line["slope"] * xs
+    half = line_band(line, xs)
+    fig.add_trace(
+        go.Scatter(
+            x=np.concatenate([xs, xs[::-1]]),
+            y=np.concatenate([ys + half, (ys - half)[::-1]]),
+            fill="toself",
+            fillcolor="rgba(0,0,0,0.08)",
+            line={"width": 0},
+            name="95% band of the overall line",
+            hoverinfo="skip",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=ys,
+            mode="lines",
+            name=f"all cells: linear fit (LOO MAE {line['loo_mae']:.2f} pts)",
+            line={"color": "#444", "dash": "dash", "width": 1.5},
+            hoverinfo="skip",
+        )
+    )
+
+
+def _published_points(published: pd.DataFrame) -> go.Scatter:
+    return go.Scatter(
+        x=published["val_loss"],
+        y=published["finetune_top1"],
+        mode="markers",
+        name="published (reference)",
+        marker={"symbol": "x-thin-open", "size": 8, "color": "#999", "line": {"width": 1.5}},
+        customdata=published[["model", "data", "iterations"]].to_numpy(),
+        hovertemplate="published %{customdata[0]} %{customdata[1]} %{customdata[2]:,} it"
+        "<br>val loss %{x:.4f}<br>top-1 %{y:.2f}<extra></extra>",
+    )
+
+
 def overfitting_curves(
     cells: pd.DataFrame, curves: pd.DataFrame | None, fits: dict[str, Any]
 ) -> go.Figure:
-    """Figure 2: train (dotted) and val (solid) loss vs iterations, a panel per model.
-
-    With curves, each (model, data) shows the pre-training curves of its longest cell;
-    without, the end-of-training losses of the cells across lengths.
-    """
+    """Figure 2: a row per model; left, val (solid) and train (dotted) loss vs iterations,
+    right, fine-tuned top-1 vs length; one colour per data set; shared y ranges and a
+    log2 length axis. With curves, the loss panel shows the pre-training curves of each
+    (model, data)'s longest cell; without, the end-of-training losses across lengths."""
     models = style.ordered(cells, "model", "params_m")
     datas = style.ordered(cells, "data", "n_train_images")
     colors = style.sequential(datas)
-    ncols = min(3, len(models))
-    nrows = math.ceil(len(models) / ncols)
     fig = make_subplots(
-        rows=nrows,
-        cols=ncols,
-        subplot_titles=[str(m) for m in models],
-        horizontal_spacing=0.06,
-        vertical_spacing=0.12 if nrows > 1 else 0.1,
+        rows=len(models),
+        cols=2,
+        column_widths=[0.62, 0.38],
+        subplot_titles=[t for m in models for t in (f"{m}: loss", f"{m}: fine-tuned top-1")],
+        horizontal_spacing=0.08,
+        vertical_spacing=min(0.12, 0.5 / max(len(models), 1)),
     )
     records = {(r["model"], r["data"]): r for r in fits["overfitting"]["by_model_data"]}
-    shown: set[Any] = set()
-    for i, model in enumerate(models):
-        pos = {"row": i // ncols + 1, "col": i % ncols + 1}
+    tol = fits["overfitting"]["settings"]["rel_tol"]
+    has_train, shown = False, set()
+    for i, model in enumerate(models, start=1):
+        rises = []
         for data in datas:
             record = records.get((model, data))
             if record is None:
                 continue
-            lines = _curve_lines(cells, curves, record)
-            name = f"{data} ({style.fmt_count(record['n_train_images'])} images)"
-            for split, (x, y) in lines.items():
-                fig.add_trace(
-                    go.Scatter(
-                        x=x,
-                        y=y,
-                        mode="lines" if curves is not None else "lines+markers",
-                        name=name,
-                        legendgroup=str(data),
-                        showlegend=data not in shown,
-                        line={
-                            "color": colors[data],
-                            "dash": "solid" if split == "val" else "dot",
-                            "width": 2 if split == "val" else 1.2,
-                        },
-                        hovertemplate=f"{data}, {split} loss<br>%{{x:,}} it: %{{y:.4f}}"
-                        "<extra>" + str(model) + "</extra>",
-                    ),
-                    **pos,
-                )
-                shown.add(data)
-            turn = _turn_point(record, curves is not None)
-            if turn is not None:
-                fig.add_trace(
-                    go.Scatter(
-                        x=[turn[0]],
-                        y=[turn[1]],
-                        mode="markers",
-                        showlegend=False,
-                        legendgroup=str(data),
-                        marker={"symbol": "x", "size": 11, "color": style.OVERFIT_COLOR},
-                        hovertemplate=f"{data}: val loss turns up at %{{x:,}} it<extra></extra>",
-                    ),
-                    **pos,
-                )
+            show = data not in shown
+            shown.add(data)
+            has_train |= _loss_traces(fig, i, cells, curves, record, colors[data], show)
+            _top1_trace(fig, i, record, colors[data])
+            if record["overfits"] and record.get("rel_rise") is not None:
+                rises.append(f"{data} +{record['rel_rise']:.1%}")
+        if rises:
+            text = "val loss rise, longest vs best length: " + ", ".join(rises)
+            fig.add_annotation(
+                text=f"{text} (tolerance {tol:.1%})",
+                xref="x domain" if i == 1 else f"x{2 * i - 1} domain",
+                yref="y domain" if i == 1 else f"y{2 * i - 1} domain",
+                x=0.0, y=1.0, xanchor="left", yanchor="top", showarrow=False,
+                font={"size": 10, "color": style.OVERFIT_COLOR}, bgcolor="rgba(255,255,255,0.7)",
+            )  # fmt: skip
     what = (
         "pre-training curves of the longest cell"
         if curves is not None
         else "end-of-training losses across lengths (no curves table)"
     )
-    subtitle = f"{what}; solid: validation, dotted: training; ✕: val loss turns upward"
+    lines = "solid: validation, dotted: training; " if has_train else "validation loss; "
+    subtitle = f"{what}; {lines}✕: val loss turns upward; shared y range per column"
     fig.update_layout(
         **style.layout(
-            "Overfitting: loss vs iterations",
+            "Overfitting: loss and fine-tuned top-1 vs training length",
             subtitle,
-            height=max(style.FIG_HEIGHT, 340 * nrows + 120),
+            height=max(style.FIG_HEIGHT, 260 * len(models) + 120),
         )
     )
-    fig.update_xaxes(title_text="iterations")
-    fig.update_yaxes(title_text="loss", col=1)
+    _shared_axes(fig, cells, curves)
     return fig
+
+
+def _shared_axes(fig: go.Figure, cells: pd.DataFrame, curves: pd.DataFrame | None) -> None:
+    """Log2 length axes with the lengths as ticks; one y range per column."""
+    lengths = sorted(cells["iterations"].unique())
+    steps = lengths if curves is None else sorted(curves["step"].unique())
+    lo, hi = float(min(steps)), float(max(max(steps), max(lengths)))
+    ticks = lengths if curves is None else [2.0**k for k in range(_log2(lo), _log2(hi) + 2)]
+    ticks = [t for t in ticks if lo / 1.5 <= t <= hi * 1.5]
+    fig.update_xaxes(
+        type="log",
+        tickvals=ticks,
+        ticktext=[style.fmt_count(t) for t in ticks],
+        title_text="iterations (log2 scale)",
+    )
+    for col in (1, 2):
+        values = [
+            v
+            for trace in fig.data
+            if trace.xaxis in _axes_of_column(fig, col, "x")
+            for v in (trace.y or ())
+            if v is not None and np.isfinite(v)
+        ]
+        if values:
+            pad = 0.05 * (max(values) - min(values) or abs(max(values)) or 1.0)
+            fig.update_yaxes(range=[min(values) - pad, max(values) + pad], col=col)
+    fig.update_yaxes(title_text="loss", col=1)
+    fig.update_yaxes(title_text="top-1 (%)", col=2)
+
+
+def _log2(v: float) -> int:
+    return int(np.floor(np.log2(max(v, 1.0))))
+
+
+def _axes_of_column(fig: go.Figure, col: int, axis: str) -> set[str]:
+    rows = len(fig._grid_ref)  # plotly keeps the subplot grid here
+    return {axis if (r * 2 + col) == 1 else f"{axis}{r * 2 + col}" for r in range(rows)}
+
+
+def _loss_traces(
+    fig: go.Figure,
+    row: int,
+    cells: pd.DataFrame,
+    curves: pd.DataFrame | None,
+    record: dict[str, Any],
+    color: str,
+    show: bool,
+) -> bool:
+    """Val (and train) loss of one (model, data); returns whether a train line was drawn."""
+    data, model = record["data"], record["model"]
+    name = f"{data} ({style.fmt_count(record['n_train_images'])} images)"
+    lines = _curve_lines(cells, curves, record)
+    for split, (x, y) in lines.items():
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines" if curves is not None else "lines+markers",
+                name=name,
+                legendgroup=str(data),
+                showlegend=show and split == "val",
+                line={
+                    "color": color,
+                    "dash": "solid" if split == "val" else "dot",
+                    "width": 2 if split == "val" else 1.2,
+                },
+                hovertemplate=f"{data}, {split} loss<br>%{{x:,}} it: %{{y:.4f}}"
+                "<extra>" + str(model) + "</extra>",
+            ),
+            row=row,
+            col=1,
+        )
+    turn = _turn_point(record, curves is not None)
+    if turn is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[turn[0]],
+                y=[turn[1]],
+                mode="markers",
+                showlegend=False,
+                legendgroup=str(data),
+                marker={"symbol": "x", "size": 11, "color": style.OVERFIT_COLOR},
+                hovertemplate=f"{data}: val loss turns up at %{{x:,}} it<extra></extra>",
+            ),
+            row=row,
+            col=1,
+        )
+    return "train" in lines
+
+
+def _top1_trace(fig: go.Figure, row: int, record: dict[str, Any], color: str) -> None:
+    pairs = [
+        (it, v)
+        for it, v in zip(record["iterations"], record["finetune_top1"], strict=True)
+        if v is not None
+    ]
+    if not pairs:
+        return
+    x, y = zip(*pairs, strict=True)
+    fig.add_trace(
+        go.Scatter(
+            x=list(x),
+            y=list(y),
+            mode="lines+markers",
+            showlegend=False,
+            legendgroup=str(record["data"]),
+            line={"color": color, "width": 1.5},
+            hovertemplate=f"{record['data']}: %{{x:,}} it, top-1 %{{y:.2f}}"
+            f"<extra>{record['model']}</extra>",
+        ),
+        row=row,
+        col=2,
+    )
 
 
 def _curve_lines(
@@ -210,48 +375,3 @@ def _turn_point(record: dict[str, Any], with_curves: bool) -> tuple[float, float
         i = record["iterations"].index(record["best_iterations"])
         return record["best_iterations"], record["val_loss"][i]
     return None
-
-
-def best_top1_heatmap(cells: pd.DataFrame) -> go.Figure:
-    """Figure 4: model × data, the best top-1 over lengths and the length that gave it."""
-    models = style.ordered(cells, "model", "params_m")
-    datas = style.ordered(cells, "data", "n_train_images")
-    rows = cells[np.isfinite(cells["finetune_top1"])]
-    best = rows.loc[rows.groupby(["model", "data"])["finetune_top1"].idxmax()]
-    best = best.set_index(["model", "data"])
-    z, text = [], []
-    for model in models:
-        z.append([])
-        text.append([])
-        for data in datas:
-            if (model, data) in best.index:
-                row = best.loc[(model, data)]
-                z[-1].append(float(row["finetune_top1"]))
-                text[-1].append(
-                    f"{row['finetune_top1']:.1f}<br>{style.fmt_count(row['iterations'])} it"
-                )
-            else:
-                z[-1].append(None)
-                text[-1].append("")
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=[str(d) for d in datas],
-            y=[str(m) for m in models],
-            text=text,
-            texttemplate="%{text}",
-            colorscale="Viridis",
-            colorbar={"title": {"text": "top-1 %"}},
-            hovertemplate="%{y} on %{x}<br>best top-1 %{z:.2f}<extra></extra>",
-        )
-    )
-    fig.update_layout(
-        **style.layout(
-            "Best fine-tuned top-1 per model × data",
-            "cell text: top-1 and the length that gave it",
-            height=max(320, 70 * len(models) + 170),
-        )
-    )
-    fig.update_xaxes(title_text="train data (by size)", type="category")
-    fig.update_yaxes(title_text="model (by size)", type="category")
-    return style.note_if_empty(fig, best.empty, "no cells with a fine-tuned top-1")

@@ -4,9 +4,10 @@ All functions are pure: cells in, plain dicts of floats out (``None`` where a nu
 undefined), so they go straight into ``fits.json``.
 
 - Correlation of ``val_loss`` with ``finetune_top1``: Pearson, Spearman and Kendall (tau-b),
-  each with a bootstrap interval (``scipy.stats.bootstrap``, paired resampling of cells, BCa,
-  fixed seed). Groups with fewer than ``MIN_POINTS`` cells, or a constant column, are skipped
-  with the reason.
+  each with an interval chosen by the group's size (:mod:`analysis.intervals`), overall,
+  per model, per length, and split into the cells of overfitting and of non-overfitting
+  (model, data) pairs. Groups with fewer than ``MIN_POINTS`` cells, or a constant column,
+  are skipped with the reason.
 - A least-squares line top-1 = intercept + slope · val_loss with the leave-one-out mean
   absolute prediction error in points (closed form through the hat matrix).
 - Ranking agreement: within a group of comparable cells, does the lowest validation loss
@@ -16,7 +17,6 @@ undefined), so they go straight into ``fits.json``.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.intervals import BOOTSTRAP_MIN_N, bootstrap_interval, fisher_interval
 from analysis.table import group_key
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,9 @@ def correlation(
     n_resamples: int = N_RESAMPLES,
     confidence: float = CONFIDENCE,
 ) -> dict[str, Any]:
-    """Pearson, Spearman and Kendall correlation of x and y, each with a bootstrap interval.
+    """Pearson, Spearman and Kendall correlation of x and y, each with an interval
+    (closed form below ``BOOTSTRAP_MIN_N`` cells, bootstrap from there; see
+    :mod:`analysis.intervals`).
 
     Returns ``{"n": n, "pearson": {"r", "p_value", "ci_low", "ci_high", "ci_method"}, …}``,
     or ``{"n": n, "skipped": reason}`` when the correlation is undefined.
@@ -119,55 +122,21 @@ def correlation(
         return {"n": n, "skipped": "constant val_loss or top-1"}
     out: dict[str, Any] = {"n": n}
     for name, (statistic, test) in CORRELATIONS.items():
-        res = test(x, y)
-        lo, hi, method = _bootstrap_interval(x, y, statistic, seed, n_resamples, confidence)
+        r = float(test(x, y).statistic)
+        if n >= BOOTSTRAP_MIN_N:
+            lo, hi, method = bootstrap_interval(
+                x, y, statistic, seed=seed, n_resamples=n_resamples, confidence=confidence
+            )
+        else:
+            lo, hi, method = fisher_interval(name, r, n, confidence)
         out[name] = {
-            "r": float(res.statistic),
-            "p_value": float(res.pvalue),
+            "r": r,
+            "p_value": float(test(x, y).pvalue),
             "ci_low": lo,
             "ci_high": hi,
             "ci_method": method,
         }
     return out
-
-
-def _bootstrap_interval(
-    x: np.ndarray,
-    y: np.ndarray,
-    statistic: Statistic,
-    seed: int,
-    n_resamples: int,
-    confidence: float,
-) -> tuple[float | None, float | None, str]:
-    with warnings.catch_warnings():
-        # Resamples that repeat one cell have no correlation (nan); handled below.
-        warnings.simplefilter("ignore")
-        res = stats.bootstrap(
-            (np.arange(len(x)),),  # resample cells: the pairs stay together
-            statistic(x, y),
-            vectorized=True,
-            n_resamples=n_resamples,
-            confidence_level=confidence,
-            method="BCa",
-            rng=np.random.default_rng(seed),
-        )
-    lo, hi = res.confidence_interval
-    if np.isfinite(lo) and np.isfinite(hi):
-        return _clip(lo), _clip(hi), "BCa"
-    # BCa is undefined when some resamples have no correlation or all agree (|r| = 1):
-    # fall back to percentiles of the defined resamples.
-    dist = res.bootstrap_distribution
-    dist = dist[np.isfinite(dist)]
-    if len(dist) < n_resamples // 2:
-        return None, None, "undefined"
-    tail = 50.0 * (1.0 - confidence)
-    lo, hi = np.percentile(dist, [tail, 100.0 - tail])
-    return _clip(lo), _clip(hi), "percentile"
-
-
-def _clip(r: float) -> float:
-    """Rounding can carry a correlation just past ±1."""
-    return float(np.clip(r, -1.0, 1.0))
 
 
 def fit_correlations(cells: pd.DataFrame, *, seed: int = 0, **kwargs: Any) -> dict[str, Any]:
@@ -193,6 +162,23 @@ def fit_correlations(cells: pd.DataFrame, *, seed: int = 0, **kwargs: Any) -> di
     return out
 
 
+def split_correlation(
+    cells: pd.DataFrame, overfit_pairs: set[tuple[str, str]], *, seed: int = 0, **kwargs: Any
+) -> dict[str, Any]:
+    """The correlation within the cells of overfitting (model, data) pairs and within the
+    rest: the paper's finding that val loss tracks top-1 more closely without overfitting."""
+    cells = cells[np.isfinite(cells[X]) & np.isfinite(cells[Y])]
+    pair = pd.Series(list(zip(cells["model"], cells["data"], strict=True)), index=cells.index)
+    inside = pair.isin(overfit_pairs)
+    return {
+        "rule": "cells of the (model, data) pairs flagged in overfitting.by_model_data",
+        "overfitting": correlation(cells.loc[inside, X], cells.loc[inside, Y], seed=seed, **kwargs),
+        "not_overfitting": correlation(
+            cells.loc[~inside, X], cells.loc[~inside, Y], seed=seed, **kwargs
+        ),
+    }
+
+
 def linear_fit(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """Least-squares line y = intercept + slope·x with leave-one-out MAE of y."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
@@ -214,7 +200,18 @@ def linear_fit(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         "residual_sd": float(np.sqrt((resid**2).sum() / (n - 2))),
         "loo_mae": float(np.abs(loo).mean()),
         "loo_max_abs_error": float(np.abs(loo).max()),
+        # for the band of the fitted mean: yhat ± t(n-2)·sd·sqrt(1/n + (x - x_mean)²/sxx)
+        "x_mean": float(x.mean()),
+        "sxx": float(((x - x.mean()) ** 2).sum()),
+        "x_range": [float(x.min()), float(x.max())],
     }
+
+
+def line_band(fit: dict[str, Any], xs: np.ndarray, confidence: float = CONFIDENCE) -> np.ndarray:
+    """Half-width of the confidence band of a ``linear_fit`` line's mean at ``xs``."""
+    t = float(stats.t.ppf(0.5 + confidence / 2.0, fit["n"] - 2))
+    lever = 1.0 / fit["n"] + (xs - fit["x_mean"]) ** 2 / fit["sxx"]
+    return t * fit["residual_sd"] * np.sqrt(lever)
 
 
 def fit_linear(cells: pd.DataFrame) -> dict[str, Any]:

@@ -13,12 +13,16 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from analysis import style
+from analysis.html_fits import power_law_table as _power_law_table
+from analysis.html_fits import reference_table
+from analysis.html_fits import table as _table
 from analysis.table import Results
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 CELL_TABLE_COLUMNS = (
     "cell_id", "model", "params_m", "data", "n_train_images", "iterations", "batch_size",
-    "epochs_seen", "train_loss", "val_loss", "finetune_top1", "finetune_top5",
+    "epochs_seen", "n_seeds", "train_loss", "val_loss", "val_loss_sd", "finetune_top1",
+    "finetune_top1_sd", "finetune_top5",
     "pretrain_flops", "gpu_hours", "wall_s",
 )  # fmt: skip
 CSS = """
@@ -40,9 +44,15 @@ def render_report(results: Results, fits: dict[str, Any], figures: dict[str, go.
     body = [f"<h1>{_e(title)}</h1>", _meta(results, fits), _summary(fits)]
     plots = [_figure(name, fig, i == 0) for i, (name, fig) in enumerate(figures.items())]
     sections = {
-        "val_loss_vs_top1": [_correlation_table(fits), _linear_table(fits), _ranking_table(fits)],
+        "val_loss_vs_top1": [
+            _correlation_table(fits),
+            _split_table(fits),
+            _linear_table(fits),
+            _ranking_table(fits),
+            reference_table(fits),
+        ],
         "overfitting_curves": [_overfit_table(fits)],
-        "scaling_vs_model_size": [_power_law_table(fits)],
+        "scaling_vs_data": [_power_law_table(fits)],
     }
     for (name, _), plot in zip(figures.items(), plots, strict=True):
         body.append(plot)
@@ -106,7 +116,16 @@ def _summary(fits: dict[str, Any]) -> str:
         items.append(
             f"Validation loss vs fine-tuned top-1 over {corr['n']} cells: Pearson r = "
             f"{style.fmt_ci(corr['pearson'])}, Spearman ρ = {style.fmt_ci(corr['spearman'])}, "
-            f"Kendall τ = {style.fmt_ci(corr['kendall'])} (95% bootstrap intervals)."
+            f"Kendall τ = {style.fmt_ci(corr['kendall'])} "
+            f"(95% intervals: {_e(corr['pearson']['ci_method'])})."
+        )
+    split = fits["correlation_split"]
+    over, rest = split["overfitting"], split["not_overfitting"]
+    if "pearson" in over and "pearson" in rest:
+        items.append(
+            f"Pearson r within the {rest['n']} cells of non-overfitting (model, data) pairs: "
+            f"{style.fmt_ci(rest['pearson'])}; within the {over['n']} cells of overfitting "
+            f"pairs: {style.fmt_ci(over['pearson'])}."
         )
     if "loo_mae" in line:
         items.append(
@@ -136,21 +155,6 @@ def _summary(fits: dict[str, Any]) -> str:
     return f"{title}<ul class='summary'>{lis}</ul>"
 
 
-def _table(
-    header: list[str], rows: list[list[Any]], text_cols: int = 1, cls: list[str] | None = None
-) -> str:
-    def cell(tag: str, i: int, v: Any) -> str:
-        klass = " class='text'" if i < text_cols else ""
-        return f"<{tag}{klass}>{_e(style.fmt_num(v))}</{tag}>"
-
-    head = "".join(cell("th", i, h) for i, h in enumerate(header))
-    body = []
-    for j, row in enumerate(rows):
-        klass = f" class='{cls[j]}'" if cls and cls[j] else ""
-        body.append(f"<tr{klass}>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
 def _correlation_table(fits: dict[str, Any]) -> str:
     corr = fits["correlation"]
     groups = [("overall", "all cells", corr["overall"])]
@@ -158,19 +162,29 @@ def _correlation_table(fits: dict[str, Any]) -> str:
     groups += [("iterations", style.fmt_count(k), v) for k, v in corr["by_iterations"].items()]
     rows = []
     for kind, name, res in groups:
-        if "skipped" in res:
-            rows.append([kind, name, res["n"], f"skipped: {res['skipped']}", "", ""])
-        else:
-            rows.append(
-                [
-                    kind,
-                    name,
-                    res["n"],
-                    *(style.fmt_ci(res[m]) for m in ("pearson", "spearman", "kendall")),
-                ]
-            )
-    header = ["group", "", "n", "Pearson r [95% CI]", "Spearman ρ [95% CI]", "Kendall τ [95% CI]"]
+        rows.append([kind, *_corr_row(name, res, ("pearson", "spearman", "kendall"))])
+    header = [
+        "group", "", "n", "Pearson r [95% CI]", "Spearman ρ [95% CI]", "Kendall τ [95% CI]",
+        "interval method",
+    ]  # fmt: skip
     return "<h3>Correlation of val loss with top-1</h3>" + _table(header, rows, text_cols=2)
+
+
+def _split_table(fits: dict[str, Any]) -> str:
+    split = fits["correlation_split"]
+    groups = (("not overfitting", "not_overfitting"), ("overfitting", "overfitting"))
+    return "<h3>Correlation within overfitting and non-overfitting (model, data) pairs</h3>" + (
+        _table(
+            ["cells of", "n", "Pearson r [95% CI]", "Spearman ρ [95% CI]", "interval method"],
+            [_corr_row(label, split[key], ("pearson", "spearman")) for label, key in groups],
+        )
+    )
+
+
+def _corr_row(label: str, res: dict[str, Any], names: tuple[str, ...]) -> list[Any]:
+    if "skipped" in res:
+        return [label, res["n"], f"skipped: {res['skipped']}", *[""] * len(names)]
+    return [label, res["n"], *(style.fmt_ci(res[m]) for m in names), res[names[0]]["ci_method"]]
 
 
 def _linear_table(fits: dict[str, Any]) -> str:
@@ -200,6 +214,7 @@ def _ranking_table(fits: dict[str, Any]) -> str:
 
 
 def _overfit_table(fits: dict[str, Any]) -> str:
+    settings = fits["overfitting"]["settings"]
     rows, cls = [], []
     for r in fits["overfitting"]["by_model_data"]:
         curve = r["curve"] or {}
@@ -210,7 +225,7 @@ def _overfit_table(fits: dict[str, Any]) -> str:
                 ", ".join(style.fmt_count(i) for i in r["iterations"]),
                 style.fmt_count(r["best_iterations"]) if r["best_iterations"] else "",
                 style.fmt_count(r["best_top1_iterations"]) if r["best_top1_iterations"] else "",
-                r["rise"],
+                "" if r["rel_rise"] is None else f"{r['rel_rise']:+.2%}",
                 "yes" if r["rises_with_length"] else "no",
                 style.fmt_count(curve["turn_step"]) if curve.get("turn_step") else "",
                 {True: "yes", False: "no", None: ""}[curve.get("train_falling")],
@@ -224,7 +239,7 @@ def _overfit_table(fits: dict[str, Any]) -> str:
         "lengths",
         "best length (val loss)",
         "best length (top-1)",
-        "val loss rise",
+        f"val loss rise, longest vs best (tolerance {settings['rel_tol']:.1%})",
         "rises with length",
         "curve turns at",
         "train loss falling",
@@ -233,46 +248,16 @@ def _overfit_table(fits: dict[str, Any]) -> str:
     return "<h3>Overfitting per (model, data)</h3>" + _table(header, rows, text_cols=3, cls=cls)
 
 
-def _power_law_table(fits: dict[str, Any]) -> str:
-    rows = []
-    for entry in fits["scaling"]["vs_data"]:
-        for key, target in (("val_loss_fit", "val loss"), ("top1_error_fit", "top-1 error (%)")):
-            fit = entry[key]
-            if "skipped" in fit:
-                continue
-            ci = fit.get("intervals") or {}
-            rows.append(
-                [
-                    entry["model"],
-                    style.fmt_count(entry["iterations"]),
-                    target,
-                    fit["n"],
-                    *(_with_ci(fit[p], ci.get(p)) for p in ("E", "A", "alpha")),
-                    fit["rmse"],
-                ]
-            )
-    title = "<h3>Power-law fits y = E + A·D<sup>−α</sup> (D: train images)</h3>"
-    if not rows:
-        return title + "<p class='note'>No (model, length) series with enough data sizes.</p>"
-    header = ["model", "length", "target", "n", "E [95% CI]", "A [95% CI]", "α [95% CI]", "RMSE"]
-    return title + _table(header, rows, text_cols=3)
-
-
-def _with_ci(value: float, ci: list[float] | None) -> str:
-    if not ci:
-        return f"{value:.4g}"
-    return f"{value:.4g} [{ci[0]:.3g}, {ci[1]:.3g}]"
-
-
 def _cells_table(results: Results, fits: dict[str, Any]) -> str:
     cells = results.cells
     cols = [c for c in CELL_TABLE_COLUMNS if c in cells]
     over = set(fits["overfitting"]["overfitting_cells"])
     rows = [[row[c] for c in cols] for _, row in cells[cols].iterrows()]
     cls = ["overfit" if cid in over else "" for cid in cells["cell_id"]]
+    formats = [style.COLUMN_FORMATS.get(c) for c in cols]
     out = (
         f"<h2>Cells ({len(cells)} complete; shaded: overfitting)</h2>"
-        f"<div class='scroll'>{_table(cols, rows, text_cols=2, cls=cls)}</div>"
+        f"<div class='scroll'>{_table(cols, rows, text_cols=2, cls=cls, formats=formats)}</div>"
     )
     if results.excluded_cells is not None:
         ex = results.excluded_cells
@@ -286,15 +271,25 @@ def _cells_table(results: Results, fits: dict[str, Any]) -> str:
 
 def _methods(fits: dict[str, Any]) -> str:
     s = fits["settings"]
+    family = fits["scaling"]["data_family"]
+    seeds = fits["cells"].get("max_seeds", 1)
+    replicate = (
+        f"Cells with several seeds (up to {seeds}) are their means over seeds (± sample sd); "
+        "correlations use the cell means. "
+        if seeds > 1
+        else ""
+    )
     return (
         "<h2>Methods</h2><p class='note'>"
-        f"Correlation intervals: {s['n_resamples']} paired bootstrap resamples of cells, BCa "
-        f"(percentile where BCa is undefined), seed {s['seed']}; groups with fewer than 3 cells "
-        "are skipped. Leave-one-out error of the least-squares line in top-1 points. Overfitting: "
-        f"the val loss of the longest length is more than {s['overfit_rel_tol']:.2%} above the "
-        "best length's; along a curve, the running median (window "
-        f"{s['overfit_window']}) has its minimum, then the last {s['overfit_patience']} points "
-        "stay above it by that margin while the training loss ends lower than at the turn. "
-        "Power law: E + A·D^-α, multi-start least squares with a soft-L1 loss; linearised "
-        "intervals. Every number is also in fits.json.</p>"
+        f"Correlation intervals (95%): {_e(s['correlation_intervals'])}; {s['n_resamples']} "
+        f"resamples, seed {s['seed']}; groups with fewer than 3 cells are skipped. {replicate}"
+        "Leave-one-out error of the least-squares line in top-1 points; the band around the "
+        "overall line is the 95% interval of its mean. Overfitting: the val loss of the longest "
+        f"length is more than {s['overfit_rel_tol']:.2%} above the best length's; along a "
+        f"curve, the running median (window {s['overfit_window']}) has its minimum, then the "
+        f"last {s['overfit_patience']} points stay above it by that margin while the training "
+        "loss ends lower than at the turn. The split correlation uses the cells of the "
+        "overfitting pairs and the rest. Power law: E + A·D^-α, multi-start least squares with "
+        f"a soft-L1 loss; intervals {_e(s['power_law_intervals'])}. Data: "
+        f"{_e(family['rule'])}. Every number is also in fits.json.</p>"
     )

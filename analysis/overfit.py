@@ -76,6 +76,7 @@ def find_turn(
         "min_step": group_key(steps[m]),
         "final_val_loss": float(smoothed[-1]),
         "rise": float(smoothed[-1] - low),
+        "rel_rise": float((smoothed[-1] - low) / abs(low)) if low else None,
     }
 
 
@@ -181,6 +182,7 @@ def _by_length(group: pd.DataFrame, rel_tol: float) -> tuple[dict[str, Any], set
         "best_top1_iterations": None,
         "rises_with_length": False,
         "rise": None,
+        "rel_rise": None,
     }
     if per_length.empty:
         return record, set()
@@ -190,6 +192,7 @@ def _by_length(group: pd.DataFrame, rel_tol: float) -> tuple[dict[str, Any], set
     if top1.notna().any():
         record["best_top1_iterations"] = group_key(top1.idxmax())
     record["rise"] = last - low
+    record["rel_rise"] = (last - low) / abs(low) if low else None
     rises = len(per_length) >= 2 and last > low + rel_tol * abs(low)
     record["rises_with_length"] = bool(rises)
     past = set(group.loc[group["iterations"] > best, "cell_id"]) if rises else set()

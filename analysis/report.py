@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,15 +23,23 @@ import pyarrow.fs as pafs
 
 from analysis import export, figures, html
 from analysis.errors import AnalysisError
-from analysis.fits import CONFIDENCE, N_RESAMPLES, fit_correlations, fit_linear, ranking_agreement
+from analysis.fits import (
+    CONFIDENCE,
+    N_RESAMPLES,
+    fit_correlations,
+    fit_linear,
+    ranking_agreement,
+    split_correlation,
+)
+from analysis.intervals import BOOTSTRAP_MIN_N
 from analysis.overfit import PATIENCE, REL_TOL, WINDOW, fit_overfitting
-from analysis.scaling_fit import fit_scaling
+from analysis.reference import compare, load_reference, reference
+from analysis.scaling_fit import MIN_DOF, fit_scaling
 from analysis.table import Results, load_results
-from subsets.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 REPORT_NAME, FITS_NAME = "report.html", "fits.json"
 # Figure number in the report -> PNG name prefix, so files sort in report order.
 PNG_NAME = "fig{n}_{name}.png"
@@ -40,10 +51,16 @@ def analyze(
     seed: int = 0,
     n_resamples: int = N_RESAMPLES,
     confidence: float = CONFIDENCE,
+    published: Results | None = None,
+    reference_name: str | None = None,
 ) -> dict[str, Any]:
-    """Every fit of the analysis, as the dict written to ``fits.json``."""
+    """Every fit of the analysis, as the dict written to ``fits.json``; with ``published``
+    (the cells of reference ``reference_name``), the per-cell comparison too."""
     cells = results.cells
-    return {
+    kwargs = {"seed": seed, "n_resamples": n_resamples, "confidence": confidence}
+    overfitting = fit_overfitting(cells, results.curves)
+    pairs = {(r["model"], r["data"]) for r in overfitting["by_model_data"] if r["overfits"]}
+    fits = {
         "format_version": FORMAT_VERSION,
         "source": results.source,
         "study": _study_summary(results.study),
@@ -54,6 +71,7 @@ def analyze(
             "with_curves": 0
             if results.curves is None
             else int(results.curves["cell_id"].nunique()),
+            "max_seeds": results.n_seeds,
         },
         "settings": {
             "seed": seed,
@@ -62,38 +80,59 @@ def analyze(
             "overfit_rel_tol": REL_TOL,
             "overfit_patience": PATIENCE,
             "overfit_window": WINDOW,
+            "correlation_intervals": f"closed form on Fisher's z below {BOOTSTRAP_MIN_N} "
+            "cells (Pearson: Fisher; Spearman: Bonett-Wright; Kendall: Fieller), paired "
+            f"BCa bootstrap from {BOOTSTRAP_MIN_N} cells",
+            "power_law_intervals": f"linearised, only with >= {MIN_DOF} degrees of freedom "
+            "and no parameter at a bound",
         },
         "notes": list(results.notes),
-        "correlation": fit_correlations(
-            cells, seed=seed, n_resamples=n_resamples, confidence=confidence
-        ),
+        "correlation": fit_correlations(cells, **kwargs),
+        "correlation_split": split_correlation(cells, pairs, **kwargs),
         "linear_fit": fit_linear(cells),
         "ranking": ranking_agreement(cells),
-        "overfitting": fit_overfitting(cells, results.curves),
+        "overfitting": overfitting,
         "scaling": fit_scaling(cells, confidence=confidence),
+        "reference": None,
     }
+    if published is not None and reference_name is not None:
+        fits["reference"] = compare(cells, published.cells, reference_name)
+    return fits
 
 
 def write_report(
-    source: str | Path | pd.DataFrame,
+    source: str | Path | pd.DataFrame | None,
     out_dir: str | Path,
     png: bool = False,
     *,
     curves: str | Path | pd.DataFrame | None = None,
     seed: int = 0,
+    reference_name: str | None = None,
 ) -> Path | str:
     """Analyse SOURCE and write ``fits.json``, ``report.html`` (and PNGs) into OUT_DIR.
 
     SOURCE is a study results directory, a CSV/Parquet table of cells or a DataFrame
     (columns: see :mod:`analysis.table`); ``curves`` an optional curves table for an
-    external SOURCE. OUT_DIR is a local directory or a URI pyarrow can write to (like a
-    study's ``output_dir``). Returns the path of ``report.html`` (its URI for a remote
-    OUT_DIR). Raises ``AnalysisError`` on bad input or, with ``png``, when no browser can
-    render the figures.
+    external SOURCE. ``reference_name`` (see :mod:`analysis.reference`) overlays a
+    published table and compares matching cells; with SOURCE None the published table
+    itself is analysed. OUT_DIR is a local directory or a URI pyarrow can write to.
+    OUT_DIR is checked before the analysis starts and the files appear together at the
+    end. Returns the path of ``report.html`` (its URI for a remote OUT_DIR). Raises
+    ``AnalysisError`` on bad input or, with ``png``, when no browser can render figures.
     """
-    results = load_results(source, curves=curves)
-    fits = analyze(results, seed=seed)
-    figs = figures.build_figures(results, fits)
+    if source is None and reference_name is None:
+        raise AnalysisError("analyze: give a SOURCE, or --reference NAME to analyse a reference")
+    if reference_name is not None:
+        reference(reference_name)  # an unknown name fails before any work
+    check_out_dir(out_dir)
+    published = load_reference(reference_name) if reference_name else None
+    if source is None:
+        results, published = published, None
+    else:
+        results = load_results(source, curves=curves)
+    assert results is not None
+    fits = analyze(results, seed=seed, published=published, reference_name=reference_name)
+    figs = figures.build_figures(results, fits, published)
     page = html.render_report(results, fits, figs)
     text = json.dumps(to_jsonable(fits), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
     pngs = export.render_pngs(figs) if png else {}
@@ -105,8 +144,25 @@ def write_report(
     return report
 
 
+def check_out_dir(out_dir: str | Path) -> None:
+    """OUT must be a directory or creatable as one; checked before any analysis."""
+    text = str(out_dir)
+    if "://" in text and not text.startswith("file://"):
+        return  # object stores have no directories to check
+    out = Path(filesystem(text)[1]) if text.startswith("file://") else Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise AnalysisError(f"{text}: exists and is not a directory; -o needs a directory")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise AnalysisError(f"{text}: cannot create the directory: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AnalysisError(f"{text}: cannot write the report: {parent} is not writable")
+
+
 def _write_all(out_dir: str | Path, files: dict[str, bytes]) -> Path | str:
-    """Write each file atomically (temp name, then rename); return the report's path."""
+    """Write the files into a temp directory beside OUT, then move them in together."""
     text = str(out_dir)
     try:
         if "://" in text and not text.startswith("file://"):
@@ -114,13 +170,27 @@ def _write_all(out_dir: str | Path, files: dict[str, bytes]) -> Path | str:
             _write_remote(fs, base.rstrip("/"), files)
             return f"{text.rstrip('/')}/{REPORT_NAME}"
         out = Path(filesystem(text)[1]) if "://" in text else Path(out_dir)
-        for name, data in files.items():
-            with atomic_path(out / name) as tmp:
-                tmp.write_bytes(data)
-                tmp.chmod(0o644)  # reports are shared; temp files start as 0600
+        _write_local(out, files)
         return out / REPORT_NAME
     except OSError as err:
         raise AnalysisError(f"{text}: cannot write the report: {err}") from err
+
+
+def _write_local(out: Path, files: dict[str, bytes]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+            (tmp / name).chmod(0o644)  # reports are shared
+        if not out.exists():
+            tmp.chmod(0o755)
+            tmp.rename(out)  # a new OUT appears whole
+            return
+        for name in files:  # an existing OUT: report.html moves in last
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:

@@ -8,14 +8,21 @@
   ``MIN_POWER_LAW_POINTS`` data sizes. The fit is multi-start (the best local minima of a
   grid over alpha, where E and A are linear), first with squared loss, then
   ``ROBUST_ROUNDS`` times with ``soft_l1`` whose scale is 1.4826 · the median absolute
-  residual of the previous fit (so one bad cell does not bend the curve). Intervals are
-  linearised (Jacobian at the solution, Student t with n - 3 degrees of freedom): honest
-  about their width with four or five points, not exact.
+  residual of the previous fit (so one bad cell does not bend the curve). A fit reports
+  the parameters that sit on a bound (``at_bound``); its intervals are linearised
+  (Jacobian at the solution, Student t with n - 3 degrees of freedom) and given only with
+  at least ``MIN_DOF`` degrees of freedom and no parameter on a bound, clipped to the
+  parameter's bounds. Otherwise ``intervals`` is null with the reason.
+- Data sets of another distribution: the data-size series and fits use the data names of
+  the main ``<prefix>-<pct>pct`` family (the prefix with most names, e.g. ``in1k-10pct``
+  … ``in1k-100pct``); other names (``in22k``) are not a larger subset of the same
+  distribution, so they are kept apart (``other_data`` of each series), not fitted.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from typing import Any
 
@@ -32,6 +39,25 @@ ALPHA_BOUNDS = (0.0, 4.0)
 ALPHA_GRID = np.linspace(0.02, 3.0, 60)
 N_STARTS = 3
 ROBUST_ROUNDS = 3
+MIN_DOF = 2
+FAMILY = re.compile(r"^(?P<prefix>.+)-(?P<pct>\d+(?:\.\d+)?)pct$")
+
+
+def data_family(names: list[str]) -> dict[str, Any]:
+    """Which data names form the main fraction family and which are kept apart."""
+    prefixes = [m.group("prefix") for m in map(FAMILY.match, names) if m]
+    if not prefixes:
+        return {"prefix": None, "fitted": list(names), "apart": [], "rule": "no family"}
+    prefix = max(dict.fromkeys(prefixes), key=prefixes.count)
+    fitted = [n for n in names if (m := FAMILY.match(n)) and m.group("prefix") == prefix]
+    apart = [n for n in names if n not in fitted]
+    return {
+        "prefix": prefix,
+        "fitted": fitted,
+        "apart": apart,
+        "rule": f"data-size series and fits use the {prefix}-<pct>pct subsets; "
+        "other data names are another distribution: shown apart, not fitted",
+    }
 
 
 def power_law(d: np.ndarray, e: float, a: float, alpha: float) -> np.ndarray:
@@ -98,7 +124,16 @@ def fit_power_law(d: np.ndarray, y: np.ndarray, *, confidence: float = 0.95) -> 
             if np.isclose(v, lo) or np.isclose(v, hi)
         ],
     }
-    out.update(_intervals(u, best.x, resid, np.log(d0), confidence))
+    if out["at_bound"]:
+        bound = ", ".join(out["at_bound"])
+        out.update(intervals=None, interval_method=f"none ({bound} at a bound)")
+    elif len(u) - 3 < MIN_DOF:
+        out.update(
+            intervals=None,
+            interval_method=f"none ({len(u) - 3} degrees of freedom; need {MIN_DOF})",
+        )
+    else:
+        out.update(_intervals(u, best.x, resid, np.log(d0), confidence, bounds))
     return out
 
 
@@ -128,11 +163,14 @@ def _cost(res: optimize.OptimizeResult) -> float:
 
 
 def _intervals(
-    u: np.ndarray, theta: np.ndarray, resid: np.ndarray, log_d0: float, confidence: float
+    u: np.ndarray,
+    theta: np.ndarray,
+    resid: np.ndarray,
+    log_d0: float,
+    confidence: float,
+    bounds: tuple[list[float], list[float]],
 ) -> dict[str, Any]:
     n, p = len(u), 3
-    if n <= p:
-        return {"intervals": None, "interval_method": "none (no degrees of freedom left)"}
     e, log_a, alpha = theta
     term = np.exp(log_a) * u ** (-alpha)
     jac = np.column_stack([np.ones(n), term, -term * np.log(u)])
@@ -143,16 +181,21 @@ def _intervals(
     grad = np.array([0.0, 1.0, log_d0])
     se_log_a = float(np.sqrt(max(grad @ cov @ grad, 0.0)))
     log_a_orig = log_a + alpha * log_d0
+    # exp of a log past the float range would overflow: such an end is unbounded (null)
+    log_ends = (log_a_orig - t * se_log_a, log_a_orig + t * se_log_a)
+    a_ends = [float(np.exp(v)) if v < 700 else None for v in log_ends]
+    (e_lo, _, a_lo), (e_hi, _, a_hi) = bounds
     return {
         "intervals": {
-            "E": [float(e - t * se_e), float(e + t * se_e)],
-            "A": [
-                float(np.exp(log_a_orig - t * se_log_a)),
-                float(np.exp(log_a_orig + t * se_log_a)),
+            "E": [float(max(e - t * se_e, e_lo)), float(min(e + t * se_e, e_hi))],
+            "A": a_ends,
+            "alpha": [
+                float(max(alpha - t * se_alpha, a_lo)),
+                float(min(alpha + t * se_alpha, a_hi)),
             ],
-            "alpha": [float(alpha - t * se_alpha), float(alpha + t * se_alpha)],
         },
-        "interval_method": f"linearised (Jacobian), Student t with {n - p} df",
+        "interval_method": f"linearised (Jacobian), Student t with {n - p} df, "
+        "clipped to the bounds",
     }
 
 
@@ -167,48 +210,75 @@ def slope_per_decade(x: np.ndarray, y: np.ndarray) -> float | None:
 
 def fit_scaling(cells: pd.DataFrame, *, confidence: float = 0.95) -> dict[str, Any]:
     """Scaling series (vs data per model and length, vs model size per data) and fits."""
-    cols = ["finetune_top1", "val_loss"]
-    vs_data = []
-    for (model, iterations), group in cells.groupby(["model", "iterations"], sort=False):
-        points = group.groupby("n_train_images")[cols].mean().sort_index()
-        d = points.index.to_numpy(dtype=float)
-        entry: dict[str, Any] = {
-            "model": model,
-            "iterations": group_key(iterations),
-            "n_train_images": [group_key(v) for v in d],
-            "finetune_top1": _floats(points["finetune_top1"]),
-            "val_loss": _floats(points["val_loss"]),
-            "top1_per_decade": slope_per_decade(d, points["finetune_top1"]),
-            "val_loss_per_decade": slope_per_decade(d, points["val_loss"]),
-        }
-        for name, y in (
-            ("val_loss_fit", points["val_loss"]),
-            ("top1_error_fit", 100.0 - points["finetune_top1"]),
-        ):
-            ok = np.isfinite(y.to_numpy())
-            entry[name] = fit_power_law(d[ok], y.to_numpy()[ok], confidence=confidence)
-        vs_data.append(entry)
-    vs_model = []
-    for data, group in cells.groupby("data", sort=False):
-        rows = group[np.isfinite(group["finetune_top1"])]
-        best = rows.loc[rows.groupby("model", sort=False)["finetune_top1"].idxmax()]
-        best = best.sort_values("params_m")
-        val = group.groupby("model")["val_loss"].min().reindex(best["model"])
-        vs_model.append(
-            {
-                "data": data,
-                "n_train_images": group_key(group["n_train_images"].iloc[0]),
-                "model": best["model"].tolist(),
-                "params_m": best["params_m"].tolist(),
-                "best_top1": best["finetune_top1"].tolist(),
-                "best_iterations": [group_key(v) for v in best["iterations"]],
-                "min_val_loss": _floats(val),
-                "top1_per_decade": slope_per_decade(best["params_m"], best["finetune_top1"]),
-            }
-        )
+    names = cells.sort_values("n_train_images")["data"].drop_duplicates().tolist()
+    family = data_family(names)
+    vs_data = [
+        _data_series(model, iterations, group, family, confidence)
+        for (model, iterations), group in cells.groupby(["model", "iterations"], sort=False)
+    ]
     n_fit = sum("skipped" not in e["val_loss_fit"] for e in vs_data)
     log.info("power-law fits for %d of %d (model, length) series", n_fit, len(vs_data))
-    return {"vs_data": vs_data, "vs_model_size": vs_model}
+    return {
+        "data_family": family,
+        "vs_data": vs_data,
+        "vs_model_size": [
+            _model_series(data, group, data in family["apart"])
+            for data, group in cells.groupby("data", sort=False)
+        ],
+    }
+
+
+def _data_series(
+    model: str, iterations: Any, group: pd.DataFrame, family: dict[str, Any], confidence: float
+) -> dict[str, Any]:
+    cols = ["finetune_top1", "val_loss"]
+    apart = group[group["data"].isin(family["apart"])]
+    points = group[~group.index.isin(apart.index)]
+    points = points.groupby("n_train_images")[cols].mean().sort_index()
+    d = points.index.to_numpy(dtype=float)
+    entry: dict[str, Any] = {
+        "model": model,
+        "iterations": group_key(iterations),
+        "n_train_images": [group_key(v) for v in d],
+        "finetune_top1": _floats(points["finetune_top1"]),
+        "val_loss": _floats(points["val_loss"]),
+        "top1_per_decade": slope_per_decade(d, points["finetune_top1"]),
+        "val_loss_per_decade": slope_per_decade(d, points["val_loss"]),
+        "other_data": [
+            {
+                "data": row["data"],
+                "n_train_images": group_key(row["n_train_images"]),
+                "finetune_top1": _floats(pd.Series([row["finetune_top1"]]))[0],
+                "val_loss": _floats(pd.Series([row["val_loss"]]))[0],
+            }
+            for _, row in apart.iterrows()
+        ],
+    }
+    for name, y in (
+        ("val_loss_fit", points["val_loss"]),
+        ("top1_error_fit", 100.0 - points["finetune_top1"]),
+    ):
+        ok = np.isfinite(y.to_numpy())
+        entry[name] = fit_power_law(d[ok], y.to_numpy()[ok], confidence=confidence)
+    return entry
+
+
+def _model_series(data: str, group: pd.DataFrame, apart: bool) -> dict[str, Any]:
+    rows = group[np.isfinite(group["finetune_top1"])]
+    best = rows.loc[rows.groupby("model", sort=False)["finetune_top1"].idxmax()]
+    best = best.sort_values("params_m")
+    val = group.groupby("model")["val_loss"].min().reindex(best["model"])
+    return {
+        "data": data,
+        "other_distribution": apart,
+        "n_train_images": group_key(group["n_train_images"].iloc[0]),
+        "model": best["model"].tolist(),
+        "params_m": best["params_m"].tolist(),
+        "best_top1": best["finetune_top1"].tolist(),
+        "best_iterations": [group_key(v) for v in best["iterations"]],
+        "min_val_loss": _floats(val),
+        "top1_per_decade": slope_per_decade(best["params_m"], best["finetune_top1"]),
+    }
 
 
 def _floats(values: pd.Series) -> list[float | None]:

@@ -14,7 +14,7 @@ TEMPLATE = "plotly_white"
 FIG_HEIGHT = 460
 PNG_WIDTH = 1200
 FONT = "Helvetica, Arial, sans-serif"
-OVERFIT_COLOR = "#d62728"
+OVERFIT_COLOR = "#000000"  # no model colour: the qualitative palette has no black
 
 
 def ordered(cells: pd.DataFrame, name: str, by: str) -> list[Any]:
@@ -66,6 +66,33 @@ def fmt_num(value: Any, digits: int = 4) -> str:
             return f"{int(value):,}"  # counts: images, iterations, seconds
         return f"{value:.{digits}g}"
     return str(value)
+
+
+# one format per quantity, so it reads the same in every table
+COLUMN_FORMATS: dict[str, str] = {
+    "val_loss": ".4f",
+    "val_loss_sd": ".4f",
+    "train_loss": ".4f",
+    "train_loss_sd": ".4f",
+    "finetune_top1": ".2f",
+    "finetune_top1_sd": ".2f",
+    "finetune_top5": ".2f",
+    "finetune_top5_sd": ".2f",
+    "params_m": ".1f",
+    "epochs_seen": ".2f",
+    "gpu_hours": ".3g",
+    "pretrain_flops": ".3g",
+    "wall_s": ".1f",
+}
+
+
+def fmt_value(value: Any, spec: str | None = None) -> str:
+    """A table cell: ``spec`` for numbers when given, else :func:`fmt_num`."""
+    if spec is None or value is None or isinstance(value, str | bool):
+        return fmt_num(value)
+    if isinstance(value, numbers.Real) and math.isnan(value):
+        return ""
+    return format(value, spec)
 
 
 def layout(title: str, subtitle: str | None = None, height: int = FIG_HEIGHT) -> dict[str, Any]:

@@ -1,11 +1,11 @@
-"""Load and validate the results tables that the analysis reads.
+"""Load the results tables that the analysis reads; validation is :mod:`analysis.validate`.
 
 A SOURCE is one of:
 
 - a study results directory holding ``cells.parquet`` (one row per cell), optionally
   ``curves.parquet`` and ``study.json`` (see DESIGN.md, "Results");
-- an external table of cells, ``.csv`` or ``.parquet``/``.pq``, e.g. published results,
-  with an optional curves table given separately;
+- an external table of cells, ``.csv`` (comma-separated, one row per cell) or
+  ``.parquet``/``.pq``, e.g. published results, with an optional curves table;
 - a ``pandas.DataFrame`` of cells.
 
 Cells columns (``*`` = required; others are used when present):
@@ -15,17 +15,21 @@ column              type      meaning
 ==================  ========  ===================================================
 model *             text      model size name, e.g. ``swinv2-b``
 params_m *          number    encoder parameters, millions (> 0)
-data *              text      train subset name, e.g. ``in1k-20pct``
-n_train_images *    number    images in the train subset (> 0)
+data *              text      train subset name, e.g. ``in1k-20pct``; names outside
+                              the ``<prefix>-<pct>pct`` family of the others (e.g.
+                              ``in22k``) are another distribution (see scaling_fit)
+n_train_images *    number    images in the train subset (> 0, one value per data)
 iterations *        number    pre-training length in iterations (> 0)
-val_loss *          number    masked-L1 validation loss at the end of pre-training
-finetune_top1 *     number    fine-tuned top-1 accuracy, percent (fractions in
-                              [0, 1] are detected and converted to percent)
+val_loss *          number    masked-L1 validation loss at the end of pre-training (≥ 0)
+finetune_top1 *     number    fine-tuned top-1 accuracy, percent in [0, 100] (fractions
+                              in [0, 1] throughout are detected and converted)
 cell_id             text      unique id; generated from model/data/iterations if absent
+seed                number    replicate seed: several seeds of one (model, data,
+                              iterations) are aggregated (mean ± sd per cell)
 status              text      only ``complete`` rows enter the fits
-train_loss          number    training loss at the end of pre-training
+train_loss          number    training loss at the end of pre-training (≥ 0)
 finetune_top5       number    fine-tuned top-5 accuracy, percent
-batch_size, epochs_seen, pretrain_flops, gpu_hours, wall_s: number, shown in the table
+batch_size, epochs_seen, pretrain_flops, gpu_hours, wall_s: number (≥ 0), shown in the table
 ==================  ========  ===================================================
 
 Curves columns (long format, one row per logged point): ``cell_id`` (text), ``phase``
@@ -33,13 +37,14 @@ Curves columns (long format, one row per logged point): ``cell_id`` (text), ``ph
 (e.g. ``loss``), ``value`` (number), optional ``lr`` (number). Only pre-training
 ``loss`` points of complete cells are used.
 
-Every problem with a table raises :class:`AnalysisError` naming the file and listing all
-the columns at fault at once. Number columns may hold text that spells a number (as a
-CSV does); any other text, a boolean, or an empty key column is an error.
+Every problem raises :class:`AnalysisError` naming the file and where in it: the CSV
+line (the header is line 1) or the Parquet/DataFrame row index (from 0).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 from dataclasses import dataclass, field
@@ -54,52 +59,19 @@ from analysis.errors import AnalysisError
 
 log = logging.getLogger(__name__)
 
-TEXT, NUMBER = "text", "number"
-
-CELL_COLUMNS: dict[str, str] = {
-    "model": TEXT,
-    "params_m": NUMBER,
-    "data": TEXT,
-    "n_train_images": NUMBER,
-    "iterations": NUMBER,
-    "val_loss": NUMBER,
-    "finetune_top1": NUMBER,
-}
-OPTIONAL_CELL_COLUMNS: dict[str, str] = {
-    "cell_id": TEXT,
-    "status": TEXT,
-    "train_loss": NUMBER,
-    "finetune_top5": NUMBER,
-    "batch_size": NUMBER,
-    "epochs_seen": NUMBER,
-    "pretrain_flops": NUMBER,
-    "gpu_hours": NUMBER,
-    "wall_s": NUMBER,
-}
-CURVE_COLUMNS: dict[str, str] = {
-    "cell_id": TEXT,
-    "phase": TEXT,
-    "step": NUMBER,
-    "split": TEXT,
-    "metric": TEXT,
-    "value": NUMBER,
-}
-OPTIONAL_CURVE_COLUMNS: dict[str, str] = {"lr": NUMBER}
-# Identify a cell; a null here is a broken table, not a missing measurement.
-KEY_COLUMNS = ("model", "params_m", "data", "n_train_images", "iterations")
-POSITIVE_COLUMNS = ("params_m", "n_train_images", "iterations")
+WHERE = "_where"  # column: where each row came from ("line 5", "row 4"), for messages
 _FILE = pafs.FileType.File
-READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
 @dataclass(frozen=True)
 class Results:
-    """Validated results: complete cells only, with their pre-training curves."""
+    """Validated results: complete cells only (replicates aggregated), with their curves."""
 
     cells: pd.DataFrame
     """Complete cells, sorted by (params_m, model, n_train_images, data, iterations)."""
     curves: pd.DataFrame | None
-    """Curves of those cells, or None when there are none."""
+    """Curves of those cells (replicates' curves under the aggregate id), or None."""
     source: str
     """Where the cells came from, for the report."""
     n_rows: int
@@ -109,9 +81,11 @@ class Results:
     study: dict[str, Any] | None = None
     """``study.json`` when the source is a study directory."""
     notes: tuple[str, ...] = ()
-    """Things the reader of the report should know (conversions, exclusions)."""
+    """Things the reader of the report should know (conversions, merges, exclusions)."""
     excluded_cells: pd.DataFrame | None = None
     """The rows left out (any status but complete), for the report's table."""
+    n_seeds: int = 1
+    """Most replicates of one cell; > 1 when cells are means over seeds."""
 
 
 def load_results(
@@ -122,9 +96,11 @@ def load_results(
     Paths may be local or URIs that pyarrow understands (``file://``, ``s3://``, ``gs://``),
     like a study's ``output_dir``.
     """
+    from analysis.validate import prepare_cells, validate_curves
+
     study = None
     if isinstance(source, pd.DataFrame):
-        cells, name = source.copy(), "cells table"
+        cells, name = _indexed(source.copy(), "row"), "cells table"
     else:
         fs, path = _resolve(source)
         name = str(source).rstrip("/")
@@ -139,17 +115,25 @@ def load_results(
         else:
             cells = _read(fs, path, name)
     n_rows = len(cells)
-    cells = validate_cells(cells, name)
-    cells, dropped, excluded, notes = _keep_complete(cells, name)
-    cells, unit_note = _top1_percent(cells)
-    notes += unit_note
+    prepared = prepare_cells(cells, name)
     curves_df = None
     if curves is not None:
         curves_name = "curves table" if isinstance(curves, pd.DataFrame) else str(curves)
-        raw = curves.copy() if isinstance(curves, pd.DataFrame) else read_table(curves)
-        curves_df = validate_curves(raw, curves_name, set(cells["cell_id"]))
+        raw = _indexed(curves.copy(), "row") if isinstance(curves, pd.DataFrame) else None
+        raw = read_table(curves) if raw is None else raw
+        curves_df = validate_curves(raw, curves_name, prepared.id_map)
     label = name if isinstance(source, pd.DataFrame) else str(source)
-    return Results(cells, curves_df, label, n_rows, excluded, study, tuple(notes), dropped)
+    return Results(
+        prepared.cells,
+        curves_df,
+        label,
+        n_rows,
+        prepared.excluded,
+        study,
+        tuple(prepared.notes),
+        prepared.dropped,
+        prepared.n_seeds,
+    )
 
 
 def read_table(source: str | Path) -> pd.DataFrame:
@@ -170,145 +154,52 @@ def _resolve(source: str | Path) -> tuple[pafs.FileSystem, str]:
 
 def _read(fs: pafs.FileSystem, path: str, name: str) -> pd.DataFrame:
     suffix = PurePosixPath(path).suffix.lower()
-    if suffix not in READERS:
+    if suffix not in TABLE_SUFFIXES:
         raise AnalysisError(
             f"{name}: unsupported table format {suffix or '(none)'!r}; "
-            f"expected one of {', '.join(READERS)} or a study results directory"
+            f"expected one of {', '.join(TABLE_SUFFIXES)} or a study results directory"
         )
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         raise AnalysisError(f"{name}: no such file or directory")
     try:
         with fs.open_input_file(path) as handle:
-            return READERS[suffix](handle)
+            if suffix != ".csv":
+                return _indexed(pd.read_parquet(handle), "row")
+            text = blank_comments(handle.read().decode("utf-8-sig"))
+        df = pd.read_csv(io.StringIO(text))
     except Exception as err:
         raise AnalysisError(f"{name}: cannot read table: {err}") from err
-
-
-def check_columns(
-    df: pd.DataFrame, name: str, required: dict[str, str], optional: dict[str, str]
-) -> pd.DataFrame:
-    """Check presence and types of columns; return a copy with text columns as str."""
-    if df.empty:
-        raise AnalysisError(f"{name}: the table is empty (no rows)")
-    problems = [f"missing column {c!r} ({kind})" for c, kind in required.items() if c not in df]
-    df = df.reset_index(drop=True)
-    for col, kind in {**required, **optional}.items():
-        if col not in df:
-            continue
-        if kind == NUMBER:
-            problem = _number_problem(df[col])
-            if problem:
-                problems.append(f"column {col!r} must be a number, {problem}")
-            else:
-                df[col] = pd.to_numeric(df[col]).astype(float)
-        else:
-            df[col] = df[col].map(lambda v: v if pd.isna(v) else str(v)).astype(object)
-    if problems:
-        raise AnalysisError(f"{name}: " + "; ".join(problems))
+    lines = csv_lines(text)
+    if len(lines) != len(df):  # a quoted field spanning lines: count records instead
+        lines = list(range(2, len(df) + 2))
+    df[WHERE] = [f"line {n}" for n in lines]
     return df
 
 
-def validate_cells(df: pd.DataFrame, name: str) -> pd.DataFrame:
-    """Check the cells columns, the keys and the ids; add ``cell_id`` when absent."""
-    df = check_columns(df, name, CELL_COLUMNS, OPTIONAL_CELL_COLUMNS)
-    problems = []
-    for col in KEY_COLUMNS:
-        bad = df.index[df[col].isna()]
-        if len(bad):
-            problems.append(f"column {col!r} is empty in data rows {_rows(bad)}")
-    for col in POSITIVE_COLUMNS:
-        bad = df.index[df[col] <= 0]
-        if len(bad):
-            problems.append(f"column {col!r} must be > 0 (data rows {_rows(bad)})")
-    if problems:
-        raise AnalysisError(f"{name}: " + "; ".join(problems))
-    if "cell_id" not in df:
-        length = df["iterations"].map(lambda v: str(group_key(v)))
-        keys = df["model"] + "/" + df["data"] + "/" + length
-        df["cell_id"] = keys + df.groupby(keys).cumcount().map(lambda i: f"#{i}" if i else "")
-    dup = df["cell_id"][df["cell_id"].duplicated()]
-    if len(dup):
-        raise AnalysisError(f"{name}: duplicate cell_id {sorted(set(dup))[:5]}")
-    return df.reset_index(drop=True)
+def blank_comments(text: str) -> str:
+    """Lines starting with '#' (a file's header notes) become blank: pandas skips them
+    and the line numbers of the data stay those of the file."""
+    return "\n".join("" if ln.startswith("#") else ln for ln in text.split("\n"))
 
 
-def validate_curves(df: pd.DataFrame, name: str, cell_ids: set[str]) -> pd.DataFrame | None:
-    """Check the curves columns; keep the pre-training loss points of the given cells."""
-    df = check_columns(df, name, CURVE_COLUMNS, OPTIONAL_CURVE_COLUMNS)
-    keep = (df["phase"] == "pretrain") & (df["metric"] == "loss") & df["cell_id"].isin(cell_ids)
-    df = df[keep & df["value"].notna() & df["step"].notna()]
-    if df.empty:
-        log.info("%s: no pre-training loss points for the complete cells", name)
-        return None
-    return df.sort_values(["cell_id", "split", "step"]).reset_index(drop=True)
+def csv_lines(text: str) -> list[int]:
+    """The line number (in the file, from 1) of each data record of a CSV, skipping
+    blank lines as pandas does."""
+    out, header_seen = [], False
+    reader = csv.reader(io.StringIO(text))
+    for record in reader:
+        if not record or all(not v.strip() for v in record):
+            continue
+        if header_seen:
+            out.append(reader.line_num)
+        header_seen = True
+    return out
 
 
-def _keep_complete(
-    df: pd.DataFrame, name: str
-) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, int], list[str]]:
-    notes: list[str] = []
-    excluded: dict[str, int] = {}
-    dropped = None
-    if "status" in df:
-        status = df["status"].fillna("(none)").str.strip().str.lower()
-        excluded = {str(k): int(v) for k, v in status[status != "complete"].value_counts().items()}
-        dropped = df[status != "complete"].reset_index(drop=True)
-        df = df[status == "complete"]
-        if excluded:
-            what = ", ".join(f"{n} {s}" for s, n in sorted(excluded.items()))
-            notes.append(f"{sum(excluded.values())} cells excluded from the fits (status: {what})")
-            log.info("%s: %s", name, notes[-1])
-    if df.empty:
-        statuses = ", ".join(f"{n} {s}" for s, n in sorted(excluded.items()))
-        raise AnalysisError(f"{name}: no complete cells to analyse (status: {statuses})")
-    for col in ("val_loss", "finetune_top1"):
-        n = int(df[col].isna().sum())
-        if n:
-            notes.append(f"{n} complete cells have no {col}; fits that need it skip them")
-    order = ["params_m", "model", "n_train_images", "data", "iterations", "cell_id"]
-    df = df.sort_values(order, kind="stable").reset_index(drop=True)
-    return df, dropped if dropped is not None and len(dropped) else None, excluded, notes
-
-
-def _top1_percent(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Accuracies in [0, 1] are fractions: a fine-tuned top-1 below 1% is not plausible."""
-    cols = [c for c in ("finetune_top1", "finetune_top5") if c in df]
-    top1 = df["finetune_top1"].dropna()
-    if top1.empty or top1.max() > 1.0 or top1.min() < 0.0:
-        return df, []
-    df = df.copy()
-    for col in cols:
-        df[col] = df[col] * 100.0
-    return df, ["finetune accuracies were fractions in [0, 1]; converted to percent"]
-
-
-def _number_problem(col: pd.Series) -> str | None:
-    """Why a column is not numeric, or None. Text that spells a number is accepted:
-    a CSV column with one stray word is read as text throughout, and the word is the error."""
-    if pd.api.types.is_bool_dtype(col):
-        return "got true/false"
-    if pd.api.types.is_numeric_dtype(col):
-        return None
-    present = col.dropna()
-    bad = present[pd.to_numeric(present, errors="coerce").isna() | present.map(_is_bool)]
-    if bad.empty:
-        return None
-    value = bad.iloc[0]
-    return f"got {type(value).__name__} {value!r} in data row {_row(bad.index[0])}"
-
-
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool | np.bool_)
-
-
-def _row(label: Any) -> str:
-    """Rows are numbered from 1 after the header, as a spreadsheet user counts them."""
-    return str(label + 1) if isinstance(label, int | np.integer) else str(label)
-
-
-def _rows(index: pd.Index) -> str:
-    shown = ", ".join(_row(i) for i in index[:5])
-    return shown + (f" and {len(index) - 5} more" if len(index) > 5 else "")
+def _indexed(df: pd.DataFrame, kind: str) -> pd.DataFrame:
+    df = df.reset_index(drop=True)
+    df[WHERE] = [f"{kind} {i}" for i in range(len(df))]
+    return df
 
 
 def _read_study(fs: pafs.FileSystem, path: str) -> dict[str, Any] | None:

@@ -153,3 +153,24 @@ def external_table(path: Path) -> Path:
     ]
     cells[cols].to_csv(path, index=False)
     return path
+
+
+def paper_table(path: Path, replace: tuple[str, str] | None = None) -> Path:
+    """The shipped published table, optionally with its first ``old`` text made ``new``:
+    a real 63-cell table with one defect at a known line."""
+    from analysis.reference import reference_path
+
+    text = Path(reference_path("paper")).read_text()
+    if replace is not None:
+        assert replace[0] in text, replace
+        text = text.replace(replace[0], replace[1], 1)
+    path.write_text(text)
+    return path
+
+
+def paper_line(text: str) -> int:
+    """The line number (from 1) of the first line of the shipped table containing ``text``."""
+    from analysis.reference import reference_path
+
+    lines = Path(reference_path("paper")).read_text().splitlines()
+    return next(i for i, line in enumerate(lines, start=1) if text in line)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from analysis_fixtures import write_study
 
-from analysis import write_report
+from analysis.report import write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [

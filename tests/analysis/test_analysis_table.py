@@ -57,15 +57,18 @@ def test_external_parquet_with_separate_curves(tmp_path: Path) -> None:
     assert results.curves is not None and results.curves["cell_id"].nunique() == 45
 
 
-def test_dataframe_source_and_generated_ids_for_repeated_cells() -> None:
+def test_dataframe_source_and_an_exact_repeat_merged_with_a_note() -> None:
     df = synthetic_cells()[REQUIRED].head(3)
-    df = pd.concat([df, df.head(1)], ignore_index=True)  # a repeated (model, data, length)
+    df = pd.concat([df, df.head(1)], ignore_index=True)  # the same cell listed twice
     results = load_results(df)
     assert results.source == "cells table"
-    assert sorted(results.cells["cell_id"])[:2] == [
+    assert sorted(results.cells["cell_id"]) == [
         "tiny/in1k-10pct/1000",
-        "tiny/in1k-10pct/1000#1",
+        "tiny/in1k-10pct/2000",
+        "tiny/in1k-10pct/4000",
     ]
+    assert any("1 rows repeated another row exactly and were merged into it (rows 0, 3)" in n
+               for n in results.notes)  # fmt: skip
 
 
 def test_fractional_accuracies_become_percent() -> None:
@@ -73,7 +76,8 @@ def test_fractional_accuracies_become_percent() -> None:
     df["finetune_top1"] /= 100
     results = load_results(df)
     assert results.cells["finetune_top1"].between(60, 80).all()
-    assert any("converted to percent" in n for n in results.notes)
+    assert results.cells["finetune_top5"].eq(99.0).all()  # top-5 was percent: left alone
+    assert "finetune_top1: fractions in [0, 1]; converted to percent" in results.notes
 
 
 def test_missing_columns_are_all_listed_with_the_file_name(tmp_path: Path) -> None:
@@ -93,8 +97,7 @@ def test_wrong_dtype_names_column_value_and_row(tmp_path: Path) -> None:
     path = _csv(tmp_path / "pub.csv", df)
     with pytest.raises(
         AnalysisError,
-        match=r"pub\.csv: column 'val_loss' must be a number, "
-        r"got str 'n/a\?' in data row 3",
+        match=r"pub\.csv: column 'val_loss' must be a number, got str 'n/a\?' \(line 4\)",
     ):
         load_results(path)
 
@@ -106,8 +109,7 @@ def test_text_that_is_not_a_number_is_an_error_in_parquet(tmp_path: Path) -> Non
     df.to_parquet(tmp_path / "cells.parquet", index=False)
     with pytest.raises(
         AnalysisError,
-        match=r"cells\.parquet: column 'iterations' must be a "
-        r"number, got str '4k' in data row 6",
+        match=r"cells\.parquet: column 'iterations' must be a number, got str '4k' \(row 5\)",
     ):
         load_results(tmp_path)
 
@@ -174,8 +176,8 @@ def test_null_keys_and_non_positive_sizes(tmp_path: Path) -> None:
     df.loc[1, "n_train_images"] = 0
     with pytest.raises(
         AnalysisError,
-        match=r"column 'model' is empty in data rows 1, 5; "
-        r"column 'n_train_images' must be > 0 \(data rows 2\)",
+        match=r"t\.csv: lines 2, 6: column 'model' is empty; "
+        r"line 3: column 'n_train_images' must be in \(0, inf\), got 0",
     ):
         load_results(_csv(tmp_path / "t.csv", df))
 
@@ -183,7 +185,9 @@ def test_null_keys_and_non_positive_sizes(tmp_path: Path) -> None:
 def test_duplicate_cell_ids() -> None:
     df = synthetic_cells()
     df.loc[1, "cell_id"] = df.loc[0, "cell_id"]
-    with pytest.raises(AnalysisError, match=r"duplicate cell_id \['tiny/in1k-10pct/1000'\]"):
+    with pytest.raises(
+        AnalysisError, match=r"rows 0, 1: duplicate cell_id \['tiny/in1k-10pct/1000'\]"
+    ):
         load_results(df)
 
 
