@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +81,31 @@ def imagenet_flat_val(tmp_path: Path) -> Path:
     make_tree(root / "train", CLASS_SIZES)
     make_flat_val(root, {w: 2 for w in CLASS_SIZES})
     return root
+
+
+REPO = Path(__file__).resolve().parents[1]
+_PR_CAPBSET_DROP, _CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 24, 1, 2
+
+
+def _drop_root_file_access() -> None:  # pragma: no cover - runs in the child
+    """In a child of root: drop the capabilities that ignore file permissions."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def run_cli_obeying_permissions(argv: list[str]) -> subprocess.CompletedProcess:
+    """``mimscale ARGV`` in a child process that file permissions apply to, even when the
+    tests run as root (the child drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH)."""
+    as_root = os.geteuid() == 0
+    return subprocess.run(
+        [sys.executable, "-m", "scaling.cli", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        preexec_fn=_drop_root_file_access if as_root else None,
+        check=False,
+    )
