@@ -29,7 +29,8 @@ _DOT, _SLASH = ord("."), ord("/")
 
 def first_row_with_byte(strings: ByteStrings, value: int) -> int | None:
     """The first row (in row order) whose bytes hold ``value``, else None."""
-    positions = np.flatnonzero(strings.buf == value)
+    end = int((strings.starts + strings.lengths).max()) if len(strings) else 0
+    positions = np.flatnonzero(strings.buf[:end] == value)  # not the zero slack at the end
     if not len(positions):
         return None
     order = np.argsort(strings.starts, kind="stable")
@@ -60,12 +61,17 @@ def _candidates(strings: ByteStrings) -> np.ndarray:
     last = strings.buf[np.maximum(ends - 1, 0)]
     rows = set(np.flatnonzero((strings.lengths > 0) & (last == _SLASH)).tolist())
     rows.update(np.flatnonzero((strings.lengths == 1) & (last == _DOT)).tolist())
-    order = np.argsort(strings.starts, kind="stable")
-    starts = strings.starts[order]
-    for pattern in (b"//", b"/."):  # "/." also finds "/./" and a final "/."
-        for match in re.finditer(re.escape(pattern), memoryview(strings.buf)):
-            row = int(np.searchsorted(starts, match.start(), side="right")) - 1
-            if row >= 0 and match.end() <= starts[row] + strings.lengths[order[row]]:
+    matches = [
+        m.start()
+        for pattern in (b"//", b"/.")  # "/." also finds "/./" and a final "/."
+        for m in re.finditer(re.escape(pattern), memoryview(strings.buf))
+    ]
+    if matches:
+        order = np.argsort(strings.starts, kind="stable")
+        starts = strings.starts[order]
+        for position in matches:
+            row = int(np.searchsorted(starts, position, side="right")) - 1
+            if row >= 0 and position + 2 <= starts[row] + strings.lengths[order[row]]:
                 rows.add(int(order[row]))
     return np.array(sorted(rows), dtype=np.int64)
 
