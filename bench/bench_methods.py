@@ -1,0 +1,186 @@
+"""Pre-training step time of SimMIM vs MAE vs LocalMIM on one ViT, and the diagnostics' cost.
+
+One step is forward (the method's loss) → backward → AdamW step, fp32, on
+synthetic images and seeded masks already in memory; all three methods share
+the same tiny ViT flavour (vit-nano: 64 px, patch 8, width 96, 4 blocks, 3
+heads) and run side by side in one process. FLOPs per image come from
+torch.utils.flop_counter.FlopCounterMode over one forward + backward (matmuls,
+convolutions, attention; 2 per multiply-add). MAE's encoder sees 25% of the
+tokens, so its encoder costs about a quarter of SimMIM's, which encodes every token
+(the ``encoder`` column: FLOPs of the encoder's blocks on the tokens it sees).
+
+The diagnostics (attention distance, entropy, head KL, query–key NMI, linear
+CKA) are timed per encoder on one fixed batch: vit-nano and swinv2-nano::
+
+    python bench/bench_methods.py [--batch 32] [--steps 10] [--threads 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import timm
+import torch
+from timm.models.swin_transformer_v2 import SwinTransformerV2
+from timm.models.vision_transformer import VisionTransformer
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scaling.model.diagnostics import diagnose
+from scaling.model.localmim import LocalMIMViT
+from scaling.model.mae import MAE, seeded_noise
+
+try:  # the model package of the re-layout, else the flat module before it
+    from scaling.model.simmim import SimMIM
+except ImportError:  # pragma: no cover - before the re-layout
+    from scaling.simmim import SimMIM
+
+IMG = 64
+
+
+def vit_nano() -> VisionTransformer:
+    """The registry's vit-nano at 64 px, built with timm directly."""
+    return VisionTransformer(
+        img_size=IMG, patch_size=8, embed_dim=96, depth=4, num_heads=3, qkv_bias=True,
+        global_pool="avg", fc_norm=False, num_classes=0,
+    )  # fmt: skip
+
+
+def swinv2_nano() -> SwinTransformerV2:
+    """The registry's swinv2-nano at 64 px (patch 4, window 4, width 32, depths 1-1-2-1)."""
+    return SwinTransformerV2(
+        img_size=IMG, patch_size=4, embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8),
+        window_size=4, num_classes=0,
+    )  # fmt: skip
+
+
+def token_mask(batch: int, ratio: float, seed: int = 0) -> torch.Tensor:
+    """(B, 8, 8) uint8: the ``L − int(L(1 − ratio))`` largest seeded noises masked."""
+    noise = seeded_noise(batch, 64, seed)
+    keep = int(64 * (1 - ratio))
+    return (noise.argsort(1).argsort(1) >= keep).to(torch.uint8).reshape(batch, 8, 8)
+
+
+METHODS: dict[str, tuple[Callable[[], torch.nn.Module], float, bool]] = {
+    "simmim": (lambda: SimMIM(vit_nano()), 0.6, True),
+    "mae": (
+        lambda: MAE(vit_nano(), decoder_dim=128, decoder_depth=2, decoder_heads=4),
+        0.75,
+        False,
+    ),
+    "localmim": (lambda: LocalMIMViT(vit_nano(), decoder_dim=64, decoder_heads=4), 0.75, False),
+}
+"""Method → (model factory on vit-nano, mask ratio, whether the encoder sees masked tokens)."""
+
+
+def flops_per_image(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor) -> float:
+    """FlopCounterMode's forward + backward FLOPs of one batch, per image."""
+    with FlopCounterMode(display=False) as counter:
+        model(images, mask).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / images.shape[0]
+
+
+def encoder_flops_per_image(encoder: VisionTransformer, tokens: int) -> float:
+    """Forward + backward FLOPs of the encoder's blocks on ``tokens`` tokens, per image.
+
+    Counted on the blocks alone: FlopCounterMode's per-module split of a
+    backward pass is unreliable, and the patch embedding is the same for all.
+    """
+    x = torch.randn(1, tokens, encoder.embed_dim, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        encoder.blocks(x).sum().backward()
+    encoder.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def time_steps(name: str, *, batch: int, warmup: int, steps: int) -> dict:
+    """ms per step and GFLOP per image of method ``name``."""
+    factory, ratio, sees_all = METHODS[name]
+    torch.manual_seed(0)
+    model = factory()
+    images = torch.randn(batch, 3, IMG, IMG, generator=torch.Generator().manual_seed(0))
+    mask = token_mask(batch, ratio)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
+    flops = flops_per_image(model, images, mask)
+    tokens = 1 + (64 if sees_all else int(64 * (1 - ratio)))  # class token + patches seen
+    encoder_flops = encoder_flops_per_image(model.encoder, tokens)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model(images, mask).backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = (time.perf_counter() - start) / steps
+    return {
+        "method": name,
+        "ms": 1e3 * seconds,
+        "img_s": batch / seconds,
+        "gflop": flops / 1e9,
+        "enc_gflop": encoder_flops / 1e9,
+    }
+
+
+def time_diagnostics(factory: Callable[[], torch.nn.Module], batch: int, repeats: int) -> float:
+    """Seconds of one ``diagnose`` call on a fixed batch (best of ``repeats``)."""
+    torch.manual_seed(0)
+    encoder = factory()
+    images = torch.randn(batch, 3, IMG, IMG, generator=torch.Generator().manual_seed(1))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        diagnose(encoder, images)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--diag-batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    args = parser.parse_args(argv)
+    for flag in ("batch", "steps", "diag_batch"):
+        if getattr(args, flag) < 1:
+            print(f"error: --{flag.replace('_', '-')}: must be ≥ 1", file=sys.stderr)
+            return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"# vit-nano {IMG} px, batch {args.batch}, fp32 CPU, {torch.get_num_threads()} threads; "
+        f"torch {torch.__version__}, timm {timm.__version__}"
+    )
+    print(
+        f"{'method':<10} {'ms/step':>9} {'img/s':>8} {'GFLOP/img':>10} {'encoder':>8} "
+        f"{'vs simmim':>10}"
+    )
+    rows = [time_steps(m, batch=args.batch, warmup=args.warmup, steps=args.steps) for m in METHODS]
+    base = rows[0]["ms"]
+    for r in rows:
+        print(
+            f"{r['method']:<10} {r['ms']:>9.1f} {r['img_s']:>8.1f} {r['gflop']:>10.4f} "
+            f"{r['enc_gflop']:>8.4f} "
+            f"{r['ms'] / base:>9.2f}×"
+        )
+    print(f"# diagnostics on one batch of {args.diag_batch} images (best of 3)")
+    for name, factory in (("vit-nano", vit_nano), ("swinv2-nano", swinv2_nano)):
+        seconds = time_diagnostics(factory, args.diag_batch, 3)
+        print(f"{name:<12} {1e3 * seconds:>9.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
