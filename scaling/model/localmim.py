@@ -51,41 +51,67 @@ from scaling.model.mae import (
 _SOBEL = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
 
 
-def pixel_targets(images: torch.Tensor, region: int, nbins: int = 0) -> torch.Tensor:
+def pixel_targets(images: torch.Tensor, region: int) -> torch.Tensor:
     """(B, 3, H, W) → (B, (H/r)·(W/r), r²·3): each region's pixels, normalised per region."""
-    del nbins
     return norm_patches(patchify(images.float(), region))
 
 
-def hog_targets(images: torch.Tensor, region: int, nbins: int = 9) -> torch.Tensor:
-    """(B, 3, H, W) → (B, (H/r)·(W/r), 3·nbins): per-channel HOG of every r×r region.
+def pixel_pyramid(images: torch.Tensor, regions: tuple[int, ...], nbins: int) -> list:
+    """:func:`pixel_targets` at every region size (``nbins`` unused)."""
+    del nbins
+    return [pixel_targets(images, r) for r in regions]
 
-    Sobel gradients (reflect padding), unsigned orientation in ``nbins`` bins of
-    π/nbins, each pixel voting its gradient magnitude, averaged over the region
-    and L2-normalised per channel; channels concatenated (R bins, G bins, B bins).
+
+def hog_votes(images: torch.Tensor, nbins: int) -> torch.Tensor:
+    """(B, 3, H, W) → (B·3, nbins, H, W): every pixel's gradient magnitude in its orientation bin.
+
+    Sobel gradients per channel (reflect padding); unsigned orientation, bins of π/nbins.
     """
     x = F.pad(images.float(), (1, 1, 1, 1), mode="reflect")
     b, c = x.shape[:2]
     kernel = torch.stack([_SOBEL, _SOBEL.t()]).to(x)  # (2, 3, 3)
     grads = F.conv2d(x.reshape(b * c, 1, *x.shape[2:]), kernel.unsqueeze(1))  # (B·3, 2, H, W)
-    magnitude = grads.norm(dim=1)  # (B·3, H, W)
-    phase = torch.atan2(grads[:, 0], grads[:, 1])  # (−π, π]
+    magnitude = grads.norm(dim=1, keepdim=True)  # (B·3, 1, H, W)
+    phase = torch.atan2(grads[:, :1], grads[:, 1:])  # (−π, π]
     bins = torch.floor(phase / torch.pi * nbins).long() % nbins
-    votes = F.one_hot(bins, nbins).permute(0, 3, 1, 2) * magnitude.unsqueeze(1)  # (B·3, n, H, W)
-    hist = F.normalize(F.avg_pool2d(votes, region), p=2, dim=1)  # (B·3, n, H/r, W/r)
-    hist = hist.reshape(b, c * nbins, *hist.shape[2:])
-    return hist.flatten(2).transpose(1, 2)  # (B, L_r, 3·n)
+    votes = magnitude.new_zeros(b * c, nbins, *magnitude.shape[2:])
+    return votes.scatter_(1, bins, magnitude)
 
 
-_Target = Callable[[torch.Tensor, int, int], torch.Tensor]
-TARGETS: dict[str, tuple[_Target, Callable[[int, int], int]]] = {
-    "pixel": (pixel_targets, lambda region, nbins: 3 * region * region),
-    "hog": (hog_targets, lambda region, nbins: 3 * nbins),
+def hog_pyramid(images: torch.Tensor, regions: tuple[int, ...], nbins: int) -> list:
+    """Per-channel HOG of every r×r region for each r: (B, (H/r)·(W/r), 3·nbins) each.
+
+    Votes are averaged over the region and L2-normalised per channel; channels
+    are concatenated (R bins, G bins, B bins). The votes are computed once, and
+    a region that is a multiple of a smaller one pools the smaller one's map.
+    """
+    votes = hog_votes(images, nbins)
+    pooled: dict[int, torch.Tensor] = {1: votes}
+    for r in sorted(set(regions)):
+        base = max(q for q in pooled if r % q == 0)
+        pooled[r] = F.avg_pool2d(pooled[base], r // base) if r > base else pooled[base]
+    b = images.shape[0]
+    out = []
+    for r in regions:
+        hist = F.normalize(pooled[r], p=2, dim=1)  # (B·3, n, H/r, W/r)
+        out.append(hist.reshape(b, -1, *hist.shape[2:]).flatten(2).transpose(1, 2))
+    return out
+
+
+def hog_targets(images: torch.Tensor, region: int, nbins: int = 9) -> torch.Tensor:
+    """(B, 3, H, W) → (B, (H/r)·(W/r), 3·nbins): the HOG of every r×r region."""
+    return hog_pyramid(images, (region,), nbins)[0]
+
+
+_Targets = Callable[[torch.Tensor, tuple[int, ...], int], list]
+TARGETS: dict[str, tuple[_Targets, Callable[[int, int], int]]] = {
+    "pixel": (pixel_pyramid, lambda region, nbins: 3 * region * region),
+    "hog": (hog_pyramid, lambda region, nbins: 3 * nbins),
 }
-"""Target name → (target function, its width per region from (region, nbins))."""
+"""Target name → (targets at every region size, their width per region from (region, nbins))."""
 
 
-def get_target(name: str) -> tuple[_Target, Callable[[int, int], int]]:
+def get_target(name: str) -> tuple[_Targets, Callable[[int, int], int]]:
     """The registered target ``name``; an unknown one lists the valid names."""
     try:
         return TARGETS[name]
@@ -241,15 +267,16 @@ class LocalMIMViT(nn.Module):
 
     def forward(self, images: torch.Tensor, mask_or_noise: torch.Tensor) -> torch.Tensor:
         """The summed multi-scale loss; ``mask_or_noise`` as for :class:`~scaling.model.mae.MAE`."""
-        shuffle = shuffle_from(mask_or_noise.to(images.device), self.mask_ratio)
+        shuffle = shuffle_from(mask_or_noise.to(images.device), self.mask_ratio, self.grid)
         states = list(encode_visible(self.encoder, images, shuffle.ids_keep))
         mask = shuffle.mask.reshape(-1, *self.grid)  # (B, h, w)
+        targets = self.target_fn(images, self.regions, self.hog_nbins)
         loss = images.new_zeros((), dtype=torch.float32)
         for k, tap in enumerate(self.taps):
             norm = self.encoder.norm if tap == len(states) - 1 else self.norms[k]
             pred = self.decoders[k](norm(states[tap]), shuffle.ids_restore)
-            target = self.target_fn(images, self.regions[k], self.hog_nbins)
-            loss = loss + masked_patch_mse(pred, target, region_weights(mask, self.scales[k]))
+            weights = region_weights(mask, self.scales[k])
+            loss = loss + masked_patch_mse(pred, targets[k], weights)
         return loss
 
 
@@ -301,8 +328,14 @@ class LocalMIMSwin(nn.Module):
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The summed multi-scale loss: images (B, 3, H, W), token mask (B, H/p, W/p)."""
         x = self.encoder.patch_embed(images)  # (B, h, w, C), NHWC
-        masked = mask.to(x.device).reshape(*x.shape[:-1], 1).bool()
-        x = torch.where(masked, self.mask_token.to(x.dtype), x)
+        if mask.shape != x.shape[:-1]:
+            raise ModelError(
+                f"localmim mask: expected a {tuple(x.shape[:-1])} token mask, "
+                f"got {tuple(mask.shape)}"
+            )
+        mask = mask.to(x.device)
+        x = torch.where(mask.unsqueeze(-1).bool(), self.mask_token.to(x.dtype), x)
+        targets = self.target_fn(images, self.regions, self.hog_nbins)
         loss = images.new_zeros((), dtype=torch.float32)
         for s, layer in enumerate(self.encoder.layers):
             x = layer(x)  # (B, h/2^s, w/2^s, C_s)
@@ -311,6 +344,5 @@ class LocalMIMSwin(nn.Module):
             k = self.stages.index(s)
             norm = self.encoder.norm if s == len(self.encoder.layers) - 1 else self.norms[k]
             pred = self.decoders[k](norm(x)).flatten(1, 2)  # (B, L_s, D)
-            target = self.target_fn(images, self.regions[k], self.hog_nbins)
-            loss = loss + masked_patch_mse(pred, target, region_weights(mask, 0.5**s))
+            loss = loss + masked_patch_mse(pred, targets[k], region_weights(mask, 0.5**s))
         return loss

@@ -76,9 +76,15 @@ class Shuffle(NamedTuple):
     """(B, L) float: 1 = masked, 0 = visible."""
 
 
-def shuffle_from(mask_or_noise: torch.Tensor, mask_ratio: float) -> Shuffle:
-    """MAE's shuffle from float noise (B, L) or from a token mask (B, h, w) / (B, L)."""
+def shuffle_from(mask_or_noise: torch.Tensor, mask_ratio: float, grid: tuple[int, int]) -> Shuffle:
+    """MAE's shuffle from float noise or a token mask, either (B, h, w) or (B, h·w)."""
     batch = mask_or_noise.shape[0]
+    h, w = grid
+    if mask_or_noise.shape[1:] not in ((h, w), (h * w,)):
+        raise ModelError(
+            f"mae mask: expected a (B, {h}, {w}) token mask or (B, {h * w}) noise, "
+            f"got {tuple(mask_or_noise.shape)}"
+        )
     if mask_or_noise.is_floating_point():
         noise = mask_or_noise.reshape(batch, -1)
         keep = int(noise.shape[1] * (1 - mask_ratio))
@@ -218,7 +224,7 @@ class MAE(nn.Module):
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.patch_size = encoder.patch_embed.patch_size[0]
-        grid = tuple(encoder.patch_embed.grid_size)
+        self.grid = grid = tuple(encoder.patch_embed.grid_size)
         if sincos_pos_embed:  # MAE's encoder positions are fixed too
             fixed = torch.cat(
                 [torch.zeros(1, encoder.embed_dim), sincos_2d(encoder.embed_dim, *grid)]
@@ -237,7 +243,7 @@ class MAE(nn.Module):
         self, images: torch.Tensor, mask_or_noise: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(prediction (B, L, p²·3), mask (B, L) float, 1 = masked)."""
-        shuffle = shuffle_from(mask_or_noise.to(images.device), self.mask_ratio)
+        shuffle = shuffle_from(mask_or_noise.to(images.device), self.mask_ratio, self.grid)
         *_, x = encode_visible(self.encoder, images, shuffle.ids_keep)
         latent = self.encoder.norm(x)  # (B, 1 + K, C)
         return self.pred(self.decoder(latent, shuffle.ids_restore)), shuffle.mask

@@ -251,6 +251,10 @@ def test_errors_name_the_key() -> None:
         ModelError, match=r"localmim.stages: must be increasing .* 0 … 2, got \[2, 1\]"
     ):
         LocalMIMSwin(_swin(), stages=(2, 1))
+    with pytest.raises(
+        ModelError, match=r"localmim mask: expected a \(2, 16, 16\) token mask, got \(2, 8, 8\)"
+    ):
+        LocalMIMSwin(_swin())(_images(), torch.zeros(2, 8, 8, dtype=torch.uint8))
     with pytest.raises(ModelError, match=r"LocalMIM \(ViT\) needs a ViT encoder"):
         LocalMIMViT(_swin())
     with pytest.raises(ModelError, match=r"LocalMIM \(Swin\) needs a timm SwinTransformerV2"):

@@ -116,10 +116,10 @@ def test_fixed_sincos_positions_match_mae_and_are_frozen() -> None:
 def test_a_token_mask_and_the_noise_that_makes_it_give_the_same_loss() -> None:
     model = _mae().eval()
     images, noise = _images(), seeded_noise(3, 16, 5)
-    shuffle = shuffle_from(noise, 0.75)
+    shuffle = shuffle_from(noise, 0.75, (4, 4))
     mask = shuffle.mask.reshape(3, 4, 4).to(torch.uint8)
     assert mask.sum((1, 2)).tolist() == [12, 12, 12]
-    torch.testing.assert_close(shuffle_from(mask, 0.75).mask, shuffle.mask)
+    torch.testing.assert_close(shuffle_from(mask, 0.75, (4, 4)).mask, shuffle.mask)
     with torch.no_grad():
         torch.testing.assert_close(model(images, mask), model(images, noise))
 
@@ -171,5 +171,10 @@ def test_errors_name_the_key() -> None:
     uneven[0, 0, :3], uneven[1, 0, :2] = 1, 1
     with pytest.raises(ModelError, match=r"same number of masked tokens, got \[2, 3\]"):
         model(_images(2), uneven)
+    with pytest.raises(
+        ModelError,
+        match=r"mae mask: expected a \(B, 4, 4\) token mask or \(B, 16\) noise, got \(2, 8, 8\)",
+    ):
+        model(_images(2), torch.zeros(2, 8, 8, dtype=torch.uint8))
     with pytest.raises(ModelError, match="keeps 0 of 16 tokens"):
         model(_images(2), torch.ones(2, 4, 4, dtype=torch.bool))
