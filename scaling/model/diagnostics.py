@@ -23,6 +23,7 @@ Every statistic is a pure function of attention probabilities (..., H, N, N)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -120,7 +121,10 @@ class AttentionMap:
     """Pixels per token side at this layer."""
 
 
-def _vit_hook(store: list, grid: tuple[int, int], patch: int, prefix: int):
+_OnAttention = Callable[[AttentionMap], None]
+
+
+def _vit_hook(on_attention: _OnAttention, grid: tuple[int, int], patch: int, prefix: int):
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         x = args[0]
         b, n, _ = x.shape
@@ -130,14 +134,14 @@ def _vit_hook(store: list, grid: tuple[int, int], patch: int, prefix: int):
         probs = ((q * module.scale) @ k.transpose(-2, -1)).softmax(-1)
         probs = probs[..., prefix:, prefix:]  # patch tokens only, renormalised below
         probs = probs / probs.sum(-1, keepdim=True)
-        store.append(AttentionMap(probs.detach(), grid_coords(*grid), patch))
+        on_attention(AttentionMap(probs.detach(), grid_coords(*grid), patch))
 
     return hook
 
 
-def _swin_hook(store: list, window: tuple[int, int], token_px: int):
+def _swin_hook(on_attention: _OnAttention, window: tuple[int, int], token_px: int):
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        store.append(AttentionMap(output.detach(), grid_coords(*window), token_px))
+        on_attention(AttentionMap(output.detach(), grid_coords(*window), token_px))
 
     return hook
 
@@ -152,20 +156,22 @@ def _feature_hook(store: list, prefix: int, grid: tuple[int, int] | None):
     return hook
 
 
-def _hooks(encoder: nn.Module, attn: list, feats: list) -> list:
+def _hooks(encoder: nn.Module, on_attention: _OnAttention, feats: list) -> list:
     """Register attention and block-output hooks on every block; return their handles."""
     handles = []
     if isinstance(encoder, VisionTransformer):
         grid, prefix = tuple(encoder.patch_embed.grid_size), encoder.num_prefix_tokens
         patch = encoder.patch_embed.patch_size[0]
         for block in encoder.blocks:
-            handles.append(block.attn.register_forward_hook(_vit_hook(attn, grid, patch, prefix)))
+            handles.append(
+                block.attn.register_forward_hook(_vit_hook(on_attention, grid, patch, prefix))
+            )
             handles.append(block.register_forward_hook(_feature_hook(feats, prefix, grid)))
     elif isinstance(encoder, SwinTransformerV2):
         patch = encoder.patch_embed.patch_size[0]
         for s, stage in enumerate(encoder.layers):
             for block in stage.blocks:
-                hook = _swin_hook(attn, tuple(block.attn.window_size), patch * 2**s)
+                hook = _swin_hook(on_attention, tuple(block.attn.window_size), patch * 2**s)
                 handles.append(block.attn.softmax.register_forward_hook(hook))
                 handles.append(block.register_forward_hook(_feature_hook(feats, 0, None)))
     else:
@@ -177,11 +183,10 @@ def _hooks(encoder: nn.Module, attn: list, feats: list) -> list:
 
 
 @torch.no_grad()
-def capture(encoder: nn.Module, images: torch.Tensor) -> tuple[list[AttentionMap], list]:
-    """Every block's attention map and output features (B, h, w, C) on ``images``, in eval mode."""
-    attn: list[AttentionMap] = []
+def _run(encoder: nn.Module, images: torch.Tensor, on_attention: _OnAttention) -> list:
+    """One eval-mode forward with the hooks on; returns every block's output (B, h, w, C)."""
     feats: list[torch.Tensor] = []
-    handles = _hooks(encoder, attn, feats)
+    handles = _hooks(encoder, on_attention, feats)
     was_training = encoder.training
     try:
         encoder.eval()
@@ -190,6 +195,13 @@ def capture(encoder: nn.Module, images: torch.Tensor) -> tuple[list[AttentionMap
         encoder.train(was_training)
         for handle in handles:
             handle.remove()
+    return feats
+
+
+def capture(encoder: nn.Module, images: torch.Tensor) -> tuple[list[AttentionMap], list]:
+    """Every block's attention map and output features (B, h, w, C) on ``images``, in eval mode."""
+    attn: list[AttentionMap] = []
+    feats = _run(encoder, images, attn.append)
     return attn, feats
 
 
@@ -219,6 +231,23 @@ class Diagnostics:
     cka: list[list[float]]
     """[layer][layer] linear CKA of block outputs."""
 
+    def summary(self) -> dict[str, float]:
+        """Scalar candidates for a proxy metric: means over every layer and the last one."""
+
+        def mean(values: list[float]) -> float:
+            return sum(values) / len(values)
+
+        out = {}
+        for name, metric in (("attn_distance_px", self.distance_px), ("attn_entropy", self.entropy),
+                             ("qk_nmi", self.nmi)):  # fmt: skip
+            out[name] = mean([v for heads in metric for v in heads])
+            out[f"{name}_last"] = mean(metric[-1])
+        out["head_kl"], out["head_kl_last"] = mean(self.head_kl), self.head_kl[-1]
+        n = len(self.cka)
+        out["cka_adjacent"] = mean([self.cka[i][i + 1] for i in range(n - 1)]) if n > 1 else 1.0
+        out["cka_first_last"] = self.cka[0][-1]
+        return out
+
     def rows(self) -> list[dict]:
         """Long format: layer, head (−1: per layer), other (CKA: 2nd layer), metric, value."""
         out = []
@@ -240,12 +269,24 @@ class Diagnostics:
 
 
 def diagnose(encoder: nn.Module, images: torch.Tensor) -> Diagnostics:
-    """All diagnostics of ``encoder`` (a timm ViT or SwinV2) on one fixed batch."""
-    attn, feats = capture(encoder, images)
-    return Diagnostics(
-        distance_px=[attention_distance(a.probs, a.coords, a.token_px).tolist() for a in attn],
-        entropy=[attention_entropy(a.probs).tolist() for a in attn],
-        nmi=[query_key_nmi(a.probs).tolist() for a in attn],
-        head_kl=[head_diversity(a.probs) for a in attn],
-        cka=cka_matrix(pooled_features(feats)).tolist(),
-    )
+    """All diagnostics of ``encoder`` (a timm ViT or SwinV2) on one fixed batch.
+
+    Each layer's attention is reduced to its statistics inside the hook, so at
+    most one layer's maps are alive at a time.
+    """
+    layers: list[tuple[list[float], list[float], list[float], float]] = []
+
+    def reduce(a: AttentionMap) -> None:
+        layers.append(
+            (
+                attention_distance(a.probs, a.coords, a.token_px).tolist(),
+                attention_entropy(a.probs).tolist(),
+                query_key_nmi(a.probs).tolist(),
+                head_diversity(a.probs),
+            )
+        )
+
+    feats = _run(encoder, images, reduce)
+    distance, entropy, nmi, kl = (list(column) for column in zip(*layers, strict=True))
+    cka = cka_matrix(pooled_features(feats)).tolist()
+    return Diagnostics(distance_px=distance, entropy=entropy, nmi=nmi, head_kl=kl, cka=cka)

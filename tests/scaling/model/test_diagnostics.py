@@ -12,6 +12,7 @@ from torch import nn
 
 from scaling.errors import ModelError
 from scaling.model.diagnostics import (
+    Diagnostics,
     attention_distance,
     attention_entropy,
     capture,
@@ -147,3 +148,35 @@ def test_an_unsupported_encoder_is_refused() -> None:
         ModelError, match=r"diagnostics support timm VisionTransformer .*not Linear"
     ):
         diagnose(nn.Linear(2, 2), _images())
+
+
+def test_diagnose_reduces_the_same_maps_that_capture_returns() -> None:
+    encoder = _vit()
+    attn, _ = capture(encoder, _images())
+    d = diagnose(encoder, _images())
+    assert d.entropy == [attention_entropy(a.probs).tolist() for a in attn]
+    assert d.head_kl == [head_diversity(a.probs) for a in attn]
+
+
+def test_summary_averages_layers_and_reads_the_last_one() -> None:
+    d = Diagnostics(
+        distance_px=[[2.0, 4.0], [6.0, 10.0]],
+        entropy=[[1.0, 1.0], [0.0, 2.0]],
+        nmi=[[0.5, 0.5], [0.25, 0.75]],
+        head_kl=[0.1, 0.3],
+        cka=[[1.0, 0.8, 0.2], [0.8, 1.0, 0.6], [0.2, 0.6, 1.0]],
+    )
+    assert d.summary() == pytest.approx(
+        {
+            "attn_distance_px": 5.5,
+            "attn_distance_px_last": 8.0,
+            "attn_entropy": 1.0,
+            "attn_entropy_last": 1.0,
+            "qk_nmi": 0.5,
+            "qk_nmi_last": 0.5,
+            "head_kl": 0.2,
+            "head_kl_last": 0.3,
+            "cka_adjacent": 0.7,
+            "cka_first_last": 0.2,
+        }
+    )
