@@ -125,7 +125,8 @@ def val_loss_vs_top1(
         f"Kendall τ = {style.fmt_ci(overall.get('kendall'))} (95% CI, {method}), "
         f"n = {overall['n']}"
     )
-    fig.update_layout(**style.layout("Validation loss vs fine-tuned top-1", subtitle))
+    height = max(style.FIG_HEIGHT, 30 * (len(models) + len(lengths) + 4) + 170)  # the legend
+    fig.update_layout(**style.layout("Validation loss vs fine-tuned top-1", subtitle, height))
     fig.update_xaxes(title_text="validation loss (masked L1, end of pre-training)")
     fig.update_yaxes(title_text="fine-tuned top-1 (%)")
     return style.note_if_empty(fig, cells.empty, "no cells with both val loss and top-1")
@@ -236,11 +237,10 @@ def overfitting_curves(
 
 def _shared_axes(fig: go.Figure, cells: pd.DataFrame, curves: pd.DataFrame | None) -> None:
     """Log2 length axes with the lengths as ticks; one y range per column."""
-    lengths = sorted(cells["iterations"].unique())
-    steps = lengths if curves is None else sorted(curves["step"].unique())
-    lo, hi = float(min(steps)), float(max(max(steps), max(lengths)))
-    ticks = lengths if curves is None else [2.0**k for k in range(_log2(lo), _log2(hi) + 2)]
-    ticks = [t for t in ticks if lo / 1.5 <= t <= hi * 1.5]
+    lengths = sorted(float(v) for v in cells["iterations"].unique())
+    lo = lengths[0] if curves is None else float(curves["step"].min())
+    # the lengths and their halvings down to the first logged step: round log2 ticks
+    ticks = sorted({v / 2**k for v in lengths for k in range(12) if v / 2**k >= lo * 0.99})
     fig.update_xaxes(
         type="log",
         tickvals=ticks,
@@ -256,14 +256,12 @@ def _shared_axes(fig: go.Figure, cells: pd.DataFrame, curves: pd.DataFrame | Non
             if v is not None and np.isfinite(v)
         ]
         if values:
-            pad = 0.05 * (max(values) - min(values) or abs(max(values)) or 1.0)
-            fig.update_yaxes(range=[min(values) - pad, max(values) + pad], col=col)
+            span = max(values) - min(values) or abs(max(values)) or 1.0
+            # headroom at the top of the loss panels for the rise note
+            top = 0.22 if col == 1 else 0.05
+            fig.update_yaxes(range=[min(values) - 0.05 * span, max(values) + top * span], col=col)
     fig.update_yaxes(title_text="loss", col=1)
     fig.update_yaxes(title_text="top-1 (%)", col=2)
-
-
-def _log2(v: float) -> int:
-    return int(np.floor(np.log2(max(v, 1.0))))
 
 
 def _axes_of_column(fig: go.Figure, col: int, axis: str) -> set[str]:

@@ -62,6 +62,7 @@ def heatmap(cells: pd.DataFrame, fits: dict[str, Any], metric: str) -> go.Figure
         **style.layout(title, subtitle, height=max(320, 70 * len(models) + 170)),
         plot_bgcolor="#f2f2f2",  # "not run" cells show the background
     )
+    fig.update_layout(margin={"l": 110})  # model names in full
     fig.update_xaxes(title_text="train data (by size)", type="category", showgrid=False)
     fig.update_yaxes(title_text="model (by size)", type="category", showgrid=False)
     return style.note_if_empty(fig, best.empty, f"no cells with a {metric}")

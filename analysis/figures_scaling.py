@@ -45,7 +45,11 @@ def scaling_vs_data(
         _published(fig, published, models)
     sizes = sorted(cells["n_train_images"].unique())
     fig.update_xaxes(
-        type="log", tickvals=sizes, ticktext=[style.fmt_count(v) for v in sizes], tickangle=-45
+        type="log",
+        matches="x",  # one range for every column (an explicit log range blanks the plot)
+        tickvals=sizes,
+        ticktext=[style.fmt_count(v) for v in sizes],
+        tickangle=-45,
     )
     fig.update_xaxes(title_text="train images", row=2)
     fig.update_yaxes(title_text="fine-tuned top-1 (%)", row=1, col=1)
@@ -170,8 +174,9 @@ def _published(fig: go.Figure, published: pd.DataFrame, models: list[str]) -> No
 
 
 def scaling_vs_model_size(cells: pd.DataFrame, fits: dict[str, Any]) -> go.Figure:
-    """Best top-1 over lengths (left) and lowest val loss (right) vs parameters, per data."""
-    datas = [e["data"] for e in fits["scaling"]["vs_model_size"]]
+    """Best top-1 over lengths (left) and lowest val loss (right) vs parameters, per data;
+    data of another distribution (IN-22K) dashed with star markers."""
+    entries = fits["scaling"]["vs_model_size"]
     order = style.ordered(cells, "data", "n_train_images")
     colors = style.sequential(order)
     fig = make_subplots(
@@ -180,9 +185,11 @@ def scaling_vs_model_size(cells: pd.DataFrame, fits: dict[str, Any]) -> go.Figur
         horizontal_spacing=0.1,
         subplot_titles=["best top-1 over lengths", "lowest validation loss"],
     )
-    for entry in sorted(fits["scaling"]["vs_model_size"], key=lambda e: order.index(e["data"])):
+    for entry in sorted(entries, key=lambda e: order.index(e["data"])):
         data = entry["data"]
+        apart = entry.get("other_distribution", False)
         name = f"{data} ({style.fmt_count(entry['n_train_images'])} images)"
+        name += ", another distribution" if apart else ""
         custom = np.column_stack([entry["model"], entry["best_iterations"]])
         for col, key in ((1, "best_top1"), (2, "min_val_loss")):
             y = [np.nan if v is None else v for v in entry[key]]
@@ -194,7 +201,8 @@ def scaling_vs_model_size(cells: pd.DataFrame, fits: dict[str, Any]) -> go.Figur
                     name=name,
                     legendgroup=name,
                     showlegend=col == 1,
-                    line={"color": colors[data]},
+                    line={"color": colors[data], "dash": "dash" if apart else "solid"},
+                    marker={"symbol": "star" if apart else "circle", "size": 11 if apart else 7},
                     customdata=custom,
                     hovertemplate="%{customdata[0]} (%{x:.4g}M params)<br>%{y:.4g}"
                     f"<extra>{data}</extra>",
@@ -202,9 +210,15 @@ def scaling_vs_model_size(cells: pd.DataFrame, fits: dict[str, Any]) -> go.Figur
                 row=1,
                 col=col,
             )
-    fig.update_xaxes(type="log", title_text="encoder parameters (millions)")
+    params = sorted(cells["params_m"].unique())
+    fig.update_xaxes(
+        type="log",
+        tickvals=params,
+        ticktext=[f"{p:g}" for p in params],
+        title_text="encoder parameters (millions)",
+    )
     fig.update_yaxes(title_text="fine-tuned top-1 (%)", col=1)
     fig.update_yaxes(title_text="validation loss", col=2)
-    subtitle = f"a line per train data set ({len(datas)})"
+    subtitle = f"a line per train data set ({len(entries)})"
     fig.update_layout(**style.layout("Scaling with model size", subtitle))
     return fig

@@ -196,7 +196,8 @@ def _linear_table(fits: dict[str, Any]) -> str:
         else:
             rows.append([name, res["n"], res["slope"], res["intercept"], res["r2"], res["loo_mae"]])
     header = ["group", "n", "slope (pts per loss unit)", "intercept", "R²", "LOO MAE (pts)"]
-    return "<h3>Linear fit of top-1 on val loss</h3>" + _table(header, rows)
+    formats = [None, None, ".2f", ".2f", ".3f", ".2f"]
+    return "<h3>Linear fit of top-1 on val loss</h3>" + _table(header, rows, formats=formats)
 
 
 def _ranking_table(fits: dict[str, Any]) -> str:
@@ -210,7 +211,8 @@ def _ranking_table(fits: dict[str, Any]) -> str:
         for k, r in fits["ranking"].items()
     ]
     header = ["lowest val loss picks, within", "groups", "hits", "hit rate", "mean regret (pts)"]
-    return "<h3>Ranking agreement</h3>" + _table(header, rows)
+    formats = [None, None, None, ".2f", ".2f"]
+    return "<h3>Ranking agreement</h3>" + _table(header, rows, formats=formats)
 
 
 def _overfit_table(fits: dict[str, Any]) -> str:

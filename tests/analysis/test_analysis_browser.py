@@ -23,7 +23,7 @@ FLAGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-FIGURES = 5
+FIGURES = 6
 
 pytestmark = [
     pytest.mark.browser,
@@ -41,14 +41,16 @@ def _distinct_colors(png: bytes) -> int:
     return len(image.getcolors(maxcolors=1 << 24))
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One report with PNGs for both tests: kaleido renders through Debian's Chromium."""
+@pytest.fixture(scope="module", params=["synthetic", pytest.param("paper", marks=pytest.mark.slow)])
+def report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A report with PNGs for both tests, kaleido rendering through Debian's Chromium: the
+    synthetic study (with curves), and the published table (IN-22K, cells not run)."""
     pytest.importorskip("kaleido", reason="needs the kaleido package")
-    study = write_study(tmp_path_factory.mktemp("study"))
+    source = write_study(tmp_path_factory.mktemp("study")) if request.param == "synthetic" else None
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BROWSER_PATH", str(CHROMIUM))
-        return write_report(study, tmp_path_factory.mktemp("out"), png=True)
+        out = tmp_path_factory.mktemp(f"out-{request.param}")
+        return write_report(source, out, png=True, reference_name="paper")
 
 
 def test_report_renders_in_headless_chromium(report: Path) -> None:
@@ -93,7 +95,8 @@ def test_png_export_with_kaleido(report: Path) -> None:
         "fig2_overfitting_curves.png",
         "fig3_scaling_vs_data.png",
         "fig4_scaling_vs_model_size.png",
-        "fig5_best_top1_heatmap.png",
+        "fig5_top1_heatmap.png",
+        "fig6_val_loss_heatmap.png",
     ]
     for png in pngs:
         data = png.read_bytes()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -235,3 +237,51 @@ def test_power_law_needs_four_sizes() -> None:
 def test_slope_per_decade() -> None:
     assert slope_per_decade([1e4, 1e5, 1e6], [60.0, 62.0, 64.0]) == pytest.approx(2.0)
     assert slope_per_decade([1e4], [60.0]) is None
+
+
+@pytest.mark.parametrize(("name", "rho", "low"), [("pearson", -0.8, 0.92), ("spearman", -0.8, 0.9)])
+def test_closed_form_intervals_cover_at_small_n(name: str, rho: float, low: float) -> None:
+    """At n = 9 (a model's cells) the interval holds the population value ~95% of the time."""
+    from analysis.intervals import fisher_interval
+
+    truth = rho if name == "pearson" else 6 / np.pi * np.arcsin(rho / 2)  # Spearman of a normal
+    hits = 0
+    for seed in range(400):
+        x, y = _correlated(9, rho, seed=seed)
+        r = stats.pearsonr(x, y)[0] if name == "pearson" else stats.spearmanr(x, y)[0]
+        lo, hi, method = fisher_interval(name, r, 9, 0.95)
+        hits += lo <= truth <= hi
+    assert method in ("Fisher z", "Bonett-Wright z")
+    assert low <= hits / 400 <= 0.99
+
+
+def test_interval_method_follows_the_group_size() -> None:
+    small, large = correlation(*_correlated(12, -0.7)), correlation(*_correlated(30, -0.7))
+    assert small["pearson"]["ci_method"] == "Fisher z"
+    assert small["kendall"]["ci_method"] == "Fieller z"
+    assert large["pearson"]["ci_method"] == "BCa bootstrap"
+    assert correlation([1.0, 2.0, 3.0], [3.0, 1.0, 2.0])["pearson"]["ci_method"] == "none (n < 4)"
+
+
+def test_power_law_intervals_need_degrees_of_freedom() -> None:
+    rng = np.random.default_rng(1)
+    for n, has in ((4, False), (5, True)):
+        d = np.geomspace(1e5, 1e7, n)
+        y = power_law(d, 0.4, 5.0, 0.3) + 0.001 * rng.normal(size=n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            res = fit_power_law(d, y)
+        assert (res["intervals"] is not None) == has, res["interval_method"]
+        if has:
+            lo, hi = res["intervals"]["alpha"]
+            assert 0.0 <= lo <= res["alpha"] <= hi <= 4.0  # clipped to alpha's bounds
+        else:
+            assert res["interval_method"] == "none (1 degrees of freedom; need 2)"
+
+
+def test_power_law_flags_a_parameter_on_its_bound() -> None:
+    d = np.geomspace(1e5, 1e7, 6)
+    y = 0.5 - 0.01 * np.log10(d)  # no floor in sight: E runs to its lower bound 0
+    res = fit_power_law(d, y)
+    assert "E" in res["at_bound"] and res["intervals"] is None
+    assert res["interval_method"].endswith("at a bound)")
