@@ -119,6 +119,10 @@ def register(subparsers: Any) -> None:
     verify.add_argument("--limit", type=int, default=10, help="offenders shown per problem")
     verify.set_defaults(func=run_verify)
 
+    from subsets.packcli import register_pack  # light: the handlers import what they need
+
+    register_pack(sub)
+
     demo = sub.add_parser("demo", help="write the embedded demo data set and its manifests")
     demo.add_argument("out", type=Path, metavar="OUT")
     demo.add_argument("--no-manifests", action="store_true", help="write only the images")

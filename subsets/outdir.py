@@ -74,17 +74,23 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_targets(out_dir: Path, names: list[str]) -> None:
-    """Refuse an ``--out`` that is not a writable folder, or a target that is not a file."""
+def check_out_folder(out_dir: Path, flag: str = "--out") -> None:
+    """Refuse an output folder that is a file, lies under a file, or cannot be written."""
     out_dir = out_dir.absolute()
     if out_dir.exists() and not out_dir.is_dir():
-        raise SubsetError(f"--out {out_dir}: not a folder")
+        raise SubsetError(f"{flag} {out_dir}: not a folder")
     existing = _nearest_existing(out_dir)
     if not existing.is_dir():
-        raise SubsetError(f"--out {out_dir}: {existing} is a file, not a folder")
+        raise SubsetError(f"{flag} {out_dir}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "folder" if existing == out_dir else f"folder cannot be created: {existing}"
-        raise SubsetError(f"--out {out_dir}: {what} is not writable")
+        raise SubsetError(f"{flag} {out_dir}: {what} is not writable")
+
+
+def check_targets(out_dir: Path, names: list[str]) -> None:
+    """Refuse an ``--out`` that is not a writable folder, or a target that is not a file."""
+    check_out_folder(out_dir)
+    out_dir = out_dir.absolute()
     for name in names:
         target = out_dir / f"{name}.parquet"
         if target.exists() and not target.is_file():

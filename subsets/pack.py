@@ -1,0 +1,181 @@
+"""Pack the images of manifests into Parquet shards: ``mimscale subsets pack``.
+
+One pack holds the union of the images of its manifests (by ``key``), each image once,
+as its encoded bytes. Layout (all under ``OUT/``)::
+
+    shard-00000.parquet …   columns key (uint64), image (binary, the file's bytes);
+                            one row group per *block* of ~``block_bytes``; a shard
+                            closes after ~``shard_bytes``
+    index.parquet           key, path, shard, block, row (row within its shard), size;
+                            one row per image in pack order; its metadata (JSON under
+                            b"mimscale-pack") lists every shard with its blake2b digest,
+                            the manifests packed (name, digest) and the options
+
+**Nested subsets share one copy.** Rows are ordered by *membership tier*: the images in
+the most manifests come first (``in1k-10pct`` ⊂ 20 % ⊂ 50 % ⊂ 100 %: the 10 % rows,
+then the rest of 20 %, …), so each nested fraction is a prefix of the pack and reads no
+byte it does not use; any other manifest (``in100``) still maps to its rows through
+the index. Within a tier rows are ordered by a fixed hash of their key, so every block
+is a random mix of classes (a block-wise shuffle then mixes classes too).
+
+**Deterministic**: the order depends only on the manifests (sorted by name), the bytes
+on the image files and the options; no timestamps. **Streaming**: files are read by a
+thread pool a window at a time and written a block at a time, so memory stays at a
+few blocks whatever the data set size. Shards go to a temp folder first and are moved
+into place only when every image was read: an error leaves ``OUT`` as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from subsets.errors import SubsetError
+from subsets.keys import rank_keys
+from subsets.manifest import read_manifest
+from subsets.outdir import check_out_folder
+from subsets.packlayout import (
+    INDEX_NAME,
+    PACK_FORMAT,
+    PACK_KEY,
+    order_rows,
+    union_rows,
+)
+from subsets.shardwriter import write_shards
+
+logger = logging.getLogger(__name__)
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackConfig:
+    """What to pack, from where, into where."""
+
+    manifests: tuple[Path, ...]
+    """Manifests whose images are packed (their union, each image once)."""
+    root: Path
+    """Data root the manifest paths are relative to."""
+    out_dir: Path
+    """Folder of the shards and ``index.parquet``."""
+    shard_bytes: int = 768 * MiB
+    """A shard closes once it holds this many image bytes (~0.5–1 GB files)."""
+    block_bytes: int = 16 * MiB
+    """A block (Parquet row group: one ranged read) closes at this many image bytes."""
+    block_rows: int = 4096
+    """…or at this many rows."""
+    workers: int = 8
+    """Threads reading image files."""
+    force: bool = False
+    """Replace a pack already in ``out_dir``."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "manifests", tuple(Path(m) for m in self.manifests))
+        object.__setattr__(self, "root", Path(self.root))
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        checks = [
+            (self.shard_bytes >= 1, "--shard-size", self.shard_bytes),
+            (self.block_bytes >= 1, "--block-size", self.block_bytes),
+            (self.block_rows >= 1, "--block-rows", self.block_rows),
+            (self.workers >= 1, "--workers", self.workers),
+        ]
+        for ok, flag, value in checks:
+            if not ok:
+                raise SubsetError(f"{flag}: must be >= 1, got {value}")
+        if not self.manifests:
+            raise SubsetError("pack: name at least one manifest")
+
+
+def _index_table(keys, paths, where, meta: dict) -> pa.Table:
+    shard_of, block_of, row_of, size_of = where
+    table = pa.table(
+        {
+            "key": pa.array(keys, pa.uint64()),
+            "path": paths,
+            "shard": pa.array(shard_of, pa.int32()),
+            "block": pa.array(block_of, pa.int32()),
+            "row": pa.array(row_of, pa.int64()),
+            "size": pa.array(size_of, pa.int64()),
+        }
+    )
+    return table.replace_schema_metadata({PACK_KEY: json.dumps(meta, sort_keys=True).encode()})
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackResult:
+    """What a pack wrote."""
+
+    out_dir: Path
+    images: int
+    image_bytes: int
+    shards: list[dict]
+    manifests: list[dict]
+
+
+def pack_manifests(config: PackConfig) -> PackResult:
+    """Pack the images of ``config.manifests`` into ``config.out_dir`` (module docstring)."""
+    root = config.root.absolute()
+    if not root.is_dir():
+        raise SubsetError(f"--root {root}: no such folder")
+    check_out_folder(config.out_dir, "--out")
+    if (config.out_dir / INDEX_NAME).exists() and not config.force:
+        raise SubsetError(f"{config.out_dir} already holds a pack; pass --force to replace it")
+    loaded = sorted(
+        ((*read_manifest(m, columns=["path", "key"]), m) for m in config.manifests),
+        key=lambda t: (t[1].name, str(t[2])),
+    )
+    keys, paths, member = union_rows([(t, info.name) for t, info, _ in loaded])
+    order = order_rows(member, rank_keys(keys, seed=PACK_FORMAT))
+    keys, paths = keys[order], paths.take(pa.array(order))
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(config.out_dir) / f".pack-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        shards, where = write_shards(tmp, config, keys, paths)
+        manifests = [
+            {"name": info.name, "digest": info.digest, "num_images": info.num_images}
+            for _, info, _ in loaded
+        ]
+        meta = {
+            "format": PACK_FORMAT,
+            "shards": shards,
+            "manifests": manifests,
+            "images": len(keys),
+            "block_bytes": config.block_bytes,
+            "block_rows": config.block_rows,
+            "shard_bytes": config.shard_bytes,
+        }
+        pq.write_table(_index_table(keys, paths, where, meta), tmp / INDEX_NAME)
+        _move_into_place(tmp, config.out_dir, [s["file"] for s in shards])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    image_bytes = int(sum(s["image_bytes"] for s in shards))
+    logger.info("packed %d images (%d bytes) into %d shards", len(keys), image_bytes, len(shards))
+    return PackResult(
+        out_dir=config.out_dir,
+        images=len(keys),
+        image_bytes=image_bytes,
+        shards=shards,
+        manifests=manifests,
+    )
+
+
+def _move_into_place(tmp: Path, out_dir: Path, files: list[str]) -> None:
+    """Shards first, the index last (a reader trusts only what the index lists)."""
+    old_index = out_dir / INDEX_NAME
+    if old_index.exists():
+        old_index.unlink()  # the old pack stops being one before its shards change
+    for stale in out_dir.glob("shard-*.parquet"):
+        if stale.name not in files:
+            stale.unlink()
+    for name in files:
+        os.replace(tmp / name, out_dir / name)
+    os.replace(tmp / INDEX_NAME, old_index)

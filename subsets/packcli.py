@@ -1,0 +1,92 @@
+"""``mimscale subsets pack`` and ``pack-verify``: packed shards (see :mod:`subsets.pack`).
+
+Light at import, like :mod:`subsets.cli`: handlers import the heavy modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def _size(text: str) -> int:
+    """``'768M'``, ``'1G'``, ``'64k'`` or a plain number of bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip()
+    scale = units.get(text[-1:].lower(), 1)
+    try:
+        value = float(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size (bytes, or with k/M/G): {text!r}") from None
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text!r}")
+    return int(value)
+
+
+def register_pack(sub: Any) -> None:
+    """Add ``pack`` and ``pack-verify`` to the ``subsets`` sub-verbs."""
+    pack = sub.add_parser(
+        "pack",
+        help="pack the images of manifests into Parquet shards",
+        description="Write the images of the manifests (their union, each image once) into "
+        "Parquet shards of ~--shard-size with an index.parquet mapping every key and path to "
+        "(shard, block, row) and a digest per shard. Nested fractions are prefixes of the "
+        "pack: pack in1k-100pct (and in1k-val) once and every in1k-*pct reads from it.",
+        epilog="example:\n  mimscale subsets pack manifests/in1k-100pct.parquet "
+        "manifests/in1k-val.parquet --root /data/imagenet --out /data/in1k-pack",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pack.add_argument("manifests", nargs="+", type=Path, metavar="MANIFEST")
+    pack.add_argument("--root", type=Path, required=True, help="data root of the manifests")
+    pack.add_argument("--out", type=Path, required=True, help="pack folder")
+    pack.add_argument("--shard-size", type=_size, default="768M", help="default: 768M")
+    pack.add_argument(
+        "--block-size", type=_size, default="16M", help="bytes per block (one read); 16M"
+    )
+    pack.add_argument("--block-rows", type=int, default=4096, help="rows per block at most")
+    pack.add_argument("--workers", type=int, default=8, help="reading threads (default: 8)")
+    pack.add_argument("--force", action="store_true", help="replace a pack in --out")
+    pack.set_defaults(func=run_pack)
+    check = sub.add_parser("pack-verify", help="recompute the shard digests of a pack")
+    check.add_argument("location", metavar="PACK", help="pack folder or URI (s3://…)")
+    check.set_defaults(func=run_pack_verify)
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    from subsets.cli import _table
+    from subsets.pack import PackConfig, pack_manifests
+
+    result = pack_manifests(
+        PackConfig(
+            manifests=tuple(args.manifests),
+            root=args.root,
+            out_dir=args.out,
+            shard_bytes=args.shard_size,
+            block_bytes=args.block_size,
+            block_rows=args.block_rows,
+            workers=args.workers,
+            force=args.force,
+        )
+    )
+    rows = [["shard", "images", "blocks", "MiB", "digest"]]
+    for shard in result.shards:
+        mib = f"{shard['bytes'] / 2**20:,.1f}"
+        rows.append([shard["file"], f"{shard['rows']:,}", str(shard["blocks"]), mib])
+        rows[-1].append(shard["digest"][:16])
+    print(_table(rows))
+    names = ", ".join(m["name"] for m in result.manifests)
+    print(f"{result.images:,} images ({result.image_bytes / 2**30:,.2f} GiB) of {names}")
+    print(f"pack in {args.out} (index.parquet)")
+    return 0
+
+
+def run_pack_verify(args: argparse.Namespace) -> int:
+    from subsets.shards import open_pack
+
+    pack = open_pack(args.location)
+    problems = pack.verify()
+    for shard in pack.shards:
+        problem = problems.get(shard["file"])
+        print(f"{shard['file']}: {'FAILED: ' + problem if problem else 'OK'}")
+    return 1 if problems else 0

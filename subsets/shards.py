@@ -1,0 +1,185 @@
+"""Read a pack (:mod:`subsets.pack`) from a local path or a URI, and order epochs by block.
+
+    pack = open_pack("/data/in1k-pack")             # or "s3://bucket/in1k-pack"
+    rows = pack.rows_of(manifest_keys, "in1k-10pct") # pack row of every manifest row
+    images = pack.read_block(pack.block_of[rows[0]]) # one ranged read: a block's bytes
+    pack.verify()                                    # {shard file: problem}, {} if intact
+
+Storage goes through pyarrow's file systems (``FileSystem.from_uri``: local, ``s3://``
+with the usual ``AWS_*`` variables and ``AWS_ENDPOINT_URL``, ``gs://``, ``hdfs://``), or
+any ``pyarrow.fs.FileSystem`` passed in. A block is one Parquet row group whose only
+column read is ``image``: one contiguous column chunk, fetched with one ranged read once
+the shard's footer is known (read once per shard and process).
+
+**Epoch order** (:func:`epoch_order`, a pure function of (seed, epoch)): the rows of a
+manifest are grouped by the block that holds them; the blocks are permuted, then rows
+are shuffled within each *window* of ``window`` consecutive blocks. An epoch is a
+permutation of the rows (each visited once), and a contiguous run of the order touches
+about ``window`` blocks, so a rank's slice of a step reads a few blocks, not one per
+image. Since the pack itself is in random class order, a block is already a random
+sample of its tier; the window mixes blocks so batches differ from epoch to epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from subsets.arrow import to_numpy
+from subsets.errors import SubsetError
+from subsets.packlayout import INDEX_COLUMNS, INDEX_NAME, PACK_FORMAT, PACK_KEY
+
+_EPOCH_TAG = 0x5348415244  # "SHARD": the epoch order's own random stream
+
+
+def _resolve(location: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
+    if filesystem is not None:
+        return filesystem, location.rstrip("/")
+    if "://" in location:
+        try:
+            fs, base = pafs.FileSystem.from_uri(location)
+        except (pa.ArrowException, OSError) as err:
+            raise SubsetError(f"pack {location}: cannot open: {err}") from None
+        return fs, base.rstrip("/")
+    return pafs.LocalFileSystem(), str(Path(location).absolute())
+
+
+class Pack:
+    """An opened pack: its index in memory, its shards read block by block on demand."""
+
+    def __init__(self, location: str | os.PathLike[str], filesystem: Any = None) -> None:
+        self.location = str(location)
+        self._filesystem = filesystem
+        self.fs, self.base = _resolve(self.location, filesystem)
+        index = self._read_index()
+        self.meta: dict[str, Any] = json.loads(index.schema.metadata[PACK_KEY])
+        self.shards: list[dict[str, Any]] = self.meta["shards"]
+        self.keys = to_numpy(index.column("key"))
+        self.paths = index.column("path")
+        self.sizes = to_numpy(index.column("size"))
+        shard, block = to_numpy(index.column("shard")), to_numpy(index.column("block"))
+        first_block = np.cumsum([0] + [s["blocks"] for s in self.shards])
+        self.block_of = (first_block[shard] + block).astype(np.int64)
+        """Global block id of every pack row."""
+        starts = np.flatnonzero(np.diff(self.block_of, prepend=-1) != 0)
+        self.block_starts = np.append(starts, len(self.keys))
+        self.block_shard = shard[starts]
+        self.block_group = block[starts]
+        self._by_key: np.ndarray | None = None
+        self._open: dict[int, pq.ParquetFile] = {}
+        self._pid = os.getpid()
+
+    def _read_index(self) -> pa.Table:
+        path = f"{self.base}/{INDEX_NAME}"
+        try:
+            with self.fs.open_input_file(path) as fh:
+                index = pq.read_table(fh, columns=list(INDEX_COLUMNS))
+        except FileNotFoundError:
+            raise SubsetError(f"pack {self.location}: no {INDEX_NAME} (not a pack?)") from None
+        except (pa.ArrowException, OSError, KeyError) as err:
+            raise SubsetError(f"pack {self.location}: unreadable {INDEX_NAME}: {err}") from None
+        raw = (index.schema.metadata or {}).get(PACK_KEY)
+        if raw is None or json.loads(raw).get("format", 0) > PACK_FORMAT:
+            raise SubsetError(f"pack {self.location}: {INDEX_NAME} is not a pack index this reads")
+        return index
+
+    def __reduce__(self) -> tuple[Any, ...]:  # data-loader workers reopen it by location
+        return (Pack, (self.location, self._filesystem))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.block_shard)
+
+    def rows_of(self, keys: np.ndarray, what: str) -> np.ndarray:
+        """The pack row of each key (a manifest's ``key`` column); ``what`` names it."""
+        if self._by_key is None:
+            self._by_key = np.argsort(self.keys, kind="stable")
+        sorted_keys = self.keys[self._by_key]
+        pos = np.minimum(np.searchsorted(sorted_keys, keys), max(len(sorted_keys) - 1, 0))
+        found = (sorted_keys[pos] == keys) if len(sorted_keys) else np.zeros(len(keys), bool)
+        if not found.all():
+            missing = int((~found).sum())
+            raise SubsetError(
+                f"{what}: {missing} of its {len(keys)} images are not in the pack "
+                f"{self.location} (pack it with this manifest: mimscale subsets pack)"
+            )
+        return self._by_key[pos].astype(np.int64)
+
+    def _file(self, shard: int) -> pq.ParquetFile:
+        if self._pid != os.getpid():  # a forked worker: own handles and clients
+            self._open, self._pid = {}, os.getpid()
+            self.fs, self.base = _resolve(self.location, self._filesystem)
+        if shard not in self._open:
+            path = f"{self.base}/{self.shards[shard]['file']}"
+            self._open[shard] = pq.ParquetFile(self.fs.open_input_file(path), pre_buffer=True)
+        return self._open[shard]
+
+    def read_block(self, block: int) -> pa.BinaryArray:
+        """The encoded images of one block, in pack order (rows ``block_starts[block]…``)."""
+        shard, group = int(self.block_shard[block]), int(self.block_group[block])
+        try:
+            table = self._file(shard).read_row_group(group, columns=["image"])
+        except (pa.ArrowException, OSError) as err:
+            raise SubsetError(
+                f"pack {self.location}: {self.shards[shard]['file']} block {group}: {err}"
+            ) from None
+        return table.column("image").combine_chunks()
+
+    def read_rows(self, rows: np.ndarray) -> list[bytes]:
+        """The encoded images of pack rows ``rows`` (reads each block they touch once)."""
+        out: list[bytes] = [b""] * len(rows)
+        blocks = self.block_of[rows]
+        for block in np.unique(blocks).tolist():
+            images = self.read_block(block)
+            for i in np.flatnonzero(blocks == block).tolist():
+                out[i] = images[int(rows[i] - self.block_starts[block])].as_py()
+        return out
+
+    def verify(self, shards: list[int] | None = None) -> dict[str, str]:
+        """Recompute shard digests (one sequential read each); {file: problem}."""
+        problems = {}
+        for i in range(len(self.shards)) if shards is None else shards:
+            info = self.shards[i]
+            digest = hashlib.blake2b(digest_size=16)
+            try:
+                with self.fs.open_input_stream(f"{self.base}/{info['file']}") as fh:
+                    while chunk := fh.read(8 << 20):
+                        digest.update(chunk)
+            except (pa.ArrowException, OSError) as err:
+                problems[info["file"]] = f"unreadable: {err}"
+                continue
+            if digest.hexdigest() != info["digest"]:
+                problems[info["file"]] = f"digest {digest.hexdigest()}, index says {info['digest']}"
+        return problems
+
+
+def open_pack(location: str | os.PathLike[str], filesystem: Any = None) -> Pack:
+    """Open the pack at ``location`` (a folder or URI holding ``index.parquet``)."""
+    return Pack(location, filesystem)
+
+
+def epoch_order(blocks: np.ndarray, *, seed: int, epoch: int, window: int = 4) -> np.ndarray:
+    """A permutation of ``range(len(blocks))`` visiting rows block by block (module doc).
+
+    ``blocks[i]`` is the block of row ``i`` (any integers); pure in (blocks, seed, epoch,
+    window).
+    """
+    if window < 1:
+        raise ValueError(f"window: must be >= 1, got {window}")
+    ids, inverse = np.unique(np.asarray(blocks), return_inverse=True)
+    rng = np.random.default_rng([seed, epoch, _EPOCH_TAG])
+    place = np.empty(len(ids), dtype=np.int64)
+    place[rng.permutation(len(ids))] = np.arange(len(ids))  # where each block goes
+    slot = place[inverse.reshape(-1)] // window  # the window each row lands in
+    return np.lexsort((rng.random(len(blocks)), slot)).astype(np.int64)

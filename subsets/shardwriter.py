@@ -1,0 +1,177 @@
+"""Streaming shard writer of :mod:`subsets.pack`: image files in, Parquet shards out.
+
+Files are read by a thread pool a window at a time (in pack order) and written a
+block (one Parquet row group) at a time, so memory holds a window of files and one
+block whatever the data set size. Each shard's blake2b digest is computed from the
+bytes as they are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from subsets.errors import SubsetError
+from subsets.packlayout import SHARD_SCHEMA
+
+MiB = 1 << 20
+
+
+class PackOptions(Protocol):
+    """The options the writer reads (a :class:`subsets.pack.PackConfig`)."""
+
+    root: Path
+    shard_bytes: int
+    block_bytes: int
+    block_rows: int
+    workers: int
+
+
+@dataclass
+class _HashingFile:
+    """A write-only file that hashes what goes through it (the shard digest, for free)."""
+
+    raw: object
+    digest: object = field(default_factory=lambda: hashlib.blake2b(digest_size=16))
+    size: int = 0
+    closed: bool = False
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def close(self) -> None:
+        self.raw.close()
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+
+def _read_file(root: Path, path: str) -> bytes:
+    try:
+        with open(root / path, "rb") as fh:
+            return fh.read()
+    except OSError as err:
+        raise SubsetError(f"{root / path}: cannot read image: {err.strerror or err}") from None
+
+
+def _images(root: Path, paths: pa.ChunkedArray, workers: int) -> Iterator[bytes]:
+    """The bytes of every file, in order, read ahead by a thread pool a window at a time."""
+    window = 64 * workers
+    with ThreadPoolExecutor(workers) as pool:
+        for lo in range(0, len(paths), window):
+            batch = paths.slice(lo, window).to_pylist()
+            yield from pool.map(lambda p: _read_file(root, p), batch)
+
+
+class _ShardWriter:
+    """Writes blocks into shard files, one after another, recording where rows went."""
+
+    def __init__(self, folder: Path, config: PackOptions) -> None:
+        self.folder, self.config = folder, config
+        self.shards: list[dict] = []
+        self.writer: pq.ParquetWriter | None = None
+        self.sink: _HashingFile | None = None
+        self.block_in_shard = 0
+        self.rows_in_shard = 0
+        self.image_bytes = 0
+
+    def _open(self) -> None:
+        name = f"shard-{len(self.shards):05d}.parquet"
+        self.sink = _HashingFile(open(self.folder / name, "wb"))  # noqa: SIM115 (closed in _close)
+        self.writer = pq.ParquetWriter(
+            pa.PythonFile(self.sink, mode="w"),
+            SHARD_SCHEMA,
+            compression="none",  # encoded images do not compress; blocks stay one range
+            use_dictionary=False,
+            write_statistics=False,
+            store_schema=False,
+            data_page_size=MiB,
+        )
+        self.shards.append({"file": name, "rows": 0, "blocks": 0, "image_bytes": 0})
+        self.block_in_shard = self.rows_in_shard = self.image_bytes = 0
+
+    def _close(self) -> None:
+        self.writer.close()
+        self.sink.close()
+        self.shards[-1].update(bytes=self.sink.size, digest=self.sink.digest.hexdigest())
+        self.writer = None
+
+    def write_block(self, keys: list[int], images: list[bytes]) -> tuple[int, int, int]:
+        """Write one block; return (shard, block within shard, first row within shard)."""
+        if self.writer is None:
+            self._open()
+        table = pa.table(
+            [pa.array(keys, pa.uint64()), pa.array(images, pa.binary())], schema=SHARD_SCHEMA
+        )
+        self.writer.write_table(table, row_group_size=len(keys))
+        where = (len(self.shards) - 1, self.block_in_shard, self.rows_in_shard)
+        size = sum(map(len, images))
+        shard = self.shards[-1]
+        shard["rows"] += len(keys)
+        shard["blocks"] += 1
+        shard["image_bytes"] += size
+        self.block_in_shard += 1
+        self.rows_in_shard += len(keys)
+        self.image_bytes += size
+        if self.image_bytes >= self.config.shard_bytes:
+            self._close()
+        return where
+
+    def finish(self) -> list[dict]:
+        if self.writer is not None:
+            self._close()
+        return self.shards
+
+
+def write_shards(folder: Path, config: PackOptions, keys: np.ndarray, paths: pa.ChunkedArray):
+    """Stream the images into shards; (shards, shard/block/row/size of every row)."""
+    n = len(keys)
+    shard_of, block_of = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    row_of, size_of = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    writer = _ShardWriter(folder, config)
+    block_keys: list[int] = []
+    block_images: list[bytes] = []
+    block_size = first = 0
+
+    def flush(end: int) -> None:
+        shard, block, row = writer.write_block(block_keys, block_images)
+        shard_of[first:end], block_of[first:end] = shard, block
+        row_of[first:end] = row + np.arange(end - first)
+        block_keys.clear()
+        block_images.clear()
+
+    key_list = keys.tolist()
+    for i, image in enumerate(_images(config.root.absolute(), paths, config.workers)):
+        block_keys.append(key_list[i])
+        block_images.append(image)
+        size_of[i] = len(image)
+        block_size += len(image)
+        if block_size >= config.block_bytes or len(block_keys) >= config.block_rows:
+            flush(i + 1)
+            block_size, first = 0, i + 1
+    if block_keys:
+        flush(n)
+    return writer.finish(), (shard_of, block_of, row_of, size_of)
