@@ -12,7 +12,9 @@ tokens, so its encoder costs about a quarter of SimMIM's, which encodes every to
 The diagnostics (attention distance, entropy, head KL, query–key NMI, linear
 CKA) are timed per encoder on one fixed batch: vit-nano and swinv2-nano::
 
-    python bench/bench_methods.py [--batch 32] [--steps 10] [--threads 0]
+    python bench/bench_methods.py [--batch 32] [--steps 5] [--rounds 4] [--threads 0]
+
+Step times are the best of ``rounds`` interleaved rounds of ``steps`` steps.
 """
 
 from __future__ import annotations
@@ -99,37 +101,49 @@ def encoder_flops_per_image(encoder: VisionTransformer, tokens: int) -> float:
     return counter.get_total_flops()
 
 
-def time_steps(name: str, *, batch: int, warmup: int, steps: int) -> dict:
-    """ms per step and GFLOP per image of method ``name``."""
-    factory, ratio, sees_all = METHODS[name]
-    torch.manual_seed(0)
-    model = factory()
-    images = torch.randn(batch, 3, IMG, IMG, generator=torch.Generator().manual_seed(0))
-    mask = token_mask(batch, ratio)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
-    flops = flops_per_image(model, images, mask)
-    tokens = 1 + (64 if sees_all else int(64 * (1 - ratio)))  # class token + patches seen
-    encoder_flops = encoder_flops_per_image(model.encoder, tokens)
+class MethodRun:
+    """One method's model, batch and optimizer, ready to step; FLOPs counted once."""
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        model(images, mask).backward()
-        optimizer.step()
+    def __init__(self, name: str, batch: int) -> None:
+        factory, ratio, sees_all = METHODS[name]
+        torch.manual_seed(0)
+        self.name, self.batch, self.model = name, batch, factory()
+        self.images = torch.randn(batch, 3, IMG, IMG, generator=torch.Generator().manual_seed(0))
+        self.mask = token_mask(batch, ratio)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
+        self.gflop = flops_per_image(self.model, self.images, self.mask) / 1e9
+        tokens = 1 + (64 if sees_all else int(64 * (1 - ratio)))  # class token + patches seen
+        self.enc_gflop = encoder_flops_per_image(self.model.encoder, tokens) / 1e9
+        self.best_s = float("inf")
 
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = (time.perf_counter() - start) / steps
-    return {
-        "method": name,
-        "ms": 1e3 * seconds,
-        "img_s": batch / seconds,
-        "gflop": flops / 1e9,
-        "enc_gflop": encoder_flops / 1e9,
-    }
+    def step(self) -> None:
+        """forward → backward → AdamW step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model(self.images, self.mask).backward()
+        self.optimizer.step()
+
+    def time(self, steps: int) -> None:
+        """Time ``steps`` steps; keep the best mean step time over calls."""
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        self.best_s = min(self.best_s, (time.perf_counter() - start) / steps)
+
+
+def time_methods(*, batch: int, warmup: int, steps: int, rounds: int) -> list[MethodRun]:
+    """Every method, warmed up, then timed in interleaved rounds (best round each).
+
+    Interleaving spreads a busy machine's slow spells over all methods alike.
+    """
+    runs = [MethodRun(name, batch) for name in METHODS]
+    for run in runs:
+        for _ in range(warmup):
+            run.step()
+    for _ in range(rounds):
+        for run in runs:
+            run.time(steps)
+    return runs
 
 
 def time_diagnostics(factory: Callable[[], torch.nn.Module], batch: int, repeats: int) -> float:
@@ -149,11 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (best kept)")
     parser.add_argument("--diag-batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = parser.parse_args(argv)
-    for flag in ("batch", "steps", "diag_batch"):
+    for flag in ("batch", "steps", "rounds", "diag_batch"):
         if getattr(args, flag) < 1:
             print(f"error: --{flag.replace('_', '-')}: must be ≥ 1", file=sys.stderr)
             return 2
@@ -167,13 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{'method':<10} {'ms/step':>9} {'img/s':>8} {'GFLOP/img':>10} {'encoder':>8} "
         f"{'vs simmim':>10}"
     )
-    rows = [time_steps(m, batch=args.batch, warmup=args.warmup, steps=args.steps) for m in METHODS]
-    base = rows[0]["ms"]
-    for r in rows:
+    runs = time_methods(batch=args.batch, warmup=args.warmup, steps=args.steps, rounds=args.rounds)
+    for run in runs:
         print(
-            f"{r['method']:<10} {r['ms']:>9.1f} {r['img_s']:>8.1f} {r['gflop']:>10.4f} "
-            f"{r['enc_gflop']:>8.4f} "
-            f"{r['ms'] / base:>9.2f}×"
+            f"{run.name:<10} {1e3 * run.best_s:>9.1f} {run.batch / run.best_s:>8.1f} "
+            f"{run.gflop:>10.4f} {run.enc_gflop:>8.4f} {run.best_s / runs[0].best_s:>9.2f}×"
         )
     print(f"# diagnostics on one batch of {args.diag_batch} images (best of 3)")
     for name, factory in (("vit-nano", vit_nano), ("swinv2-nano", swinv2_nano)):
