@@ -74,6 +74,7 @@ def val_loss_vs_top1(
                 customdata=part[["cell_id", "data", "iterations"]].to_numpy(),
                 hovertemplate="%{customdata[0]}<br>data %{customdata[1]}, %{customdata[2]:,} it"
                 "<br>val loss %{x:.4f}<br>top-1 %{y:.2f}<extra>" + str(model) + "</extra>",
+                **_sd_bars(part, colors[model]),
             )
         )
         line = lines["by_model"].get(model, {})
@@ -130,6 +131,15 @@ def val_loss_vs_top1(
     fig.update_xaxes(title_text="validation loss (masked L1, end of pre-training)")
     fig.update_yaxes(title_text="fine-tuned top-1 (%)")
     return style.note_if_empty(fig, cells.empty, "no cells with both val loss and top-1")
+
+
+def _sd_bars(part: pd.DataFrame, color: str) -> dict[str, Any]:
+    """± 1 sd over seeds when cells are means of replicates."""
+    bars = {}
+    for axis, col in (("error_x", "val_loss_sd"), ("error_y", "finetune_top1_sd")):
+        if col in part and part[col].notna().any():
+            bars[axis] = {"array": part[col].fillna(0.0), "color": color, "thickness": 1}
+    return bars
 
 
 def _overall_line(fig: go.Figure, line: dict[str, Any]) -> None:

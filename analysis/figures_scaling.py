@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis import style
-from analysis.scaling_fit import power_law
+from analysis.scaling_fit import power_law, power_law_band
 
 
 def scaling_vs_data(
@@ -107,6 +107,24 @@ def _fit_curve(
     d = np.asarray(entry["n_train_images"], dtype=float)
     xs = np.geomspace(d.min(), d.max(), 40)
     ys = power_law(xs, fit["E"], fit["A"], fit["alpha"])
+    half = power_law_band(fit, xs)
+    if half is not None:  # only fits with an interval have a band
+        lo, hi = ys - half, ys + half
+        band_y = np.concatenate([hi, lo[::-1]])
+        fig.add_trace(
+            go.Scatter(
+                x=np.concatenate([xs, xs[::-1]]),
+                y=100.0 - band_y if row == 1 else band_y,
+                fill="toself",
+                fillcolor=_rgba(color, 0.15),
+                line={"width": 0},
+                legendgroup=name,
+                showlegend=False,
+                hoverinfo="skip",
+            ),
+            row=row,
+            col=col,
+        )
     bound = f" ({', '.join(fit['at_bound'])} at bound)" if fit["at_bound"] else ""
     fig.add_trace(
         go.Scatter(
@@ -121,6 +139,18 @@ def _fit_curve(
         row=row,
         col=col,
     )
+
+
+def _rgba(color: str, alpha: float) -> str:
+    """'#rrggbb' or 'rgb(r, g, b)' with an alpha."""
+    import plotly.colors
+
+    rgb = (
+        plotly.colors.hex_to_rgb(color)
+        if color.startswith("#")
+        else plotly.colors.unlabel_rgb(color)
+    )
+    return f"rgba({int(rgb[0])}, {int(rgb[1])}, {int(rgb[2])}, {alpha})"
 
 
 def _other_points(

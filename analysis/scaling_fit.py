@@ -196,7 +196,23 @@ def _intervals(
         },
         "interval_method": f"linearised (Jacobian), Student t with {n - p} df, "
         "clipped to the bounds",
+        # for the band of the fitted curve (delta method), in units of d0 = exp(log_d0)
+        "band": {"log_d0": log_d0, "cov": cov.tolist(), "t": t},
     }
+
+
+def power_law_band(fit: dict[str, Any], d: np.ndarray) -> np.ndarray | None:
+    """Half-width of the fitted curve's confidence band at sizes ``d`` (delta method on
+    (E, log A, alpha) at the solution), or None when the fit reports no interval."""
+    band = fit.get("band")
+    if not band:
+        return None
+    u = np.asarray(d, dtype=float) / np.exp(band["log_d0"])
+    log_a = np.log(fit["A"]) - fit["alpha"] * band["log_d0"]
+    term = np.exp(log_a) * u ** (-fit["alpha"])
+    grad = np.column_stack([np.ones_like(u), term, -term * np.log(u)])
+    var = np.einsum("ij,jk,ik->i", grad, np.asarray(band["cov"]), grad)
+    return band["t"] * np.sqrt(np.maximum(var, 0.0))
 
 
 def slope_per_decade(x: np.ndarray, y: np.ndarray) -> float | None:

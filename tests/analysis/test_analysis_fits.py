@@ -285,3 +285,17 @@ def test_power_law_flags_a_parameter_on_its_bound() -> None:
     res = fit_power_law(d, y)
     assert "E" in res["at_bound"] and res["intervals"] is None
     assert res["interval_method"].endswith("at a bound)")
+
+
+def test_power_law_band_only_with_an_interval() -> None:
+    from analysis.scaling_fit import power_law_band
+
+    rng = np.random.default_rng(0)
+    d = np.geomspace(1e5, 1e7, 6)
+    truth = power_law(d, 0.4, 5.0, 0.3)
+    res = fit_power_law(d, truth + 0.002 * rng.normal(size=6))
+    half = power_law_band(res, d)
+    assert half is not None and np.all((half > 0) & (half < 0.02))
+    fitted = power_law(d, res["E"], res["A"], res["alpha"])
+    assert np.mean(np.abs(fitted - truth) <= half) >= 0.5  # a band, not a line
+    assert power_law_band(fit_power_law(d[:4], truth[:4]), d) is None  # 1 dof: no band

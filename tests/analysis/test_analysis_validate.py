@@ -125,6 +125,29 @@ def test_parquet_errors_name_the_row_index(tmp_path: Path) -> None:
         load_results(tmp_path)
 
 
+def _replicates() -> pd.DataFrame:
+    base = synthetic_cells().query("status == 'complete'").drop(columns=["cell_id", "status"])
+    runs = []
+    for seed, shift in ((0, -0.002), (1, 0.0), (2, 0.002)):
+        run = base.assign(seed=seed, val_loss=base["val_loss"] + shift)
+        run["finetune_top1"] += 10 * shift
+        runs.append(run)
+    return pd.concat(runs, ignore_index=True)
+
+
+def test_replicates_are_one_point_each_in_the_fits(tmp_path: Path) -> None:
+    import json
+
+    from analysis.report import write_report
+
+    report = write_report(_replicates(), tmp_path / "out")
+    fits = json.loads((tmp_path / "out" / "fits.json").read_text())
+    assert fits["cells"]["max_seeds"] == 3 and fits["cells"]["complete"] == 45
+    assert fits["correlation"]["overall"]["n"] == 45  # cell means, not 135 runs
+    page = report.read_text()
+    assert "val_loss_sd" in page and "up to 3 seeds" in page
+
+
 def test_replicate_seeds_become_cell_means(tmp_path: Path) -> None:
     base = synthetic_cells().query("status == 'complete'").drop(columns=["cell_id", "status"])
     runs = []
