@@ -259,3 +259,18 @@ def test_errors_name_the_key() -> None:
         LocalMIMViT(_swin())
     with pytest.raises(ModelError, match=r"LocalMIM \(Swin\) needs a timm SwinTransformerV2"):
         LocalMIMSwin(_vit())
+
+
+@pytest.mark.parametrize("family", ["vit", "swin"])
+def test_bf16_autocast_gives_a_finite_loss_close_to_fp32(family: str) -> None:
+    if family == "vit":
+        model, mask = LocalMIMViT(_vit(), decoder_dim=32, decoder_heads=4), seeded_noise(2, 16, 1)
+    else:
+        model, mask = LocalMIMSwin(_swin()), (torch.rand(2, 16, 16) < 0.6).to(torch.uint8)
+    model.eval()
+    with torch.no_grad():
+        fp32 = model(_images(), mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(_images(), mask)
+    assert bf16.dtype == torch.float32 and torch.isfinite(bf16)
+    assert bf16.item() == pytest.approx(fp32.item(), rel=0.05)

@@ -178,3 +178,14 @@ def test_errors_name_the_key() -> None:
         model(_images(2), torch.zeros(2, 8, 8, dtype=torch.uint8))
     with pytest.raises(ModelError, match="keeps 0 of 16 tokens"):
         model(_images(2), torch.ones(2, 4, 4, dtype=torch.bool))
+
+
+def test_bf16_autocast_gives_a_finite_loss_close_to_fp32() -> None:
+    model = _mae().eval()
+    images, noise = _images(), seeded_noise(3, 16, 2)
+    with torch.no_grad():
+        fp32 = model(images, noise)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(images, noise)
+    assert bf16.dtype == torch.float32 and torch.isfinite(bf16)
+    assert bf16.item() == pytest.approx(fp32.item(), rel=0.05)
