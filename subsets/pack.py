@@ -11,12 +11,13 @@ as its encoded bytes. Layout (all under ``OUT/``)::
                             b"mimscale-pack") lists every shard with its blake2b digest,
                             the manifests packed (name, digest) and the options
 
-**Nested subsets share one copy.** Rows are ordered by *membership tier*: the images in
-the most manifests come first (``in1k-10pct`` ⊂ 20 % ⊂ 50 % ⊂ 100 %: the 10 % rows,
-then the rest of 20 %, …), so each nested fraction is a prefix of the pack and reads no
-byte it does not use; any other manifest (``in100``) still maps to its rows through
-the index. Within a tier rows are ordered by a fixed hash of their key, so every block
-is a random mix of classes (a block-wise shuffle then mixes classes too).
+**Nested subsets share one copy.** Rows are ordered by membership (:func:`subsets.
+packlayout.order_rows`): the chain of nested manifests (``in1k-100pct`` ⊃ 50 % ⊃ 20 %
+⊃ 10 %) becomes prefixes of the pack — the 10 % rows first, then the rest of 20 %, … —
+so each fraction reads no byte it does not use; manifests off the chain (a val set,
+``in100``) map to their rows through the index like any other. Within a membership
+group rows are ordered by a fixed hash of their key, so every block is a random mix of
+classes (a block-wise shuffle then mixes classes too).
 
 **Deterministic**: the order depends only on the manifests (sorted by name), the bytes
 on the image files and the options; no timestamps. **Streaming**: files are read by a
@@ -132,7 +133,7 @@ def pack_manifests(config: PackConfig) -> PackResult:
         key=lambda t: (t[1].name, str(t[2])),
     )
     keys, paths, member = union_rows([(t, info.name) for t, info, _ in loaded])
-    order = order_rows(member, rank_keys(keys, seed=PACK_FORMAT))
+    order = order_rows(member, rank_keys(keys, seed=PACK_FORMAT), len(loaded))
     keys, paths = keys[order], paths.take(pa.array(order))
     config.out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(config.out_dir) / f".pack-tmp-{os.getpid()}"

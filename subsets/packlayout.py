@@ -2,8 +2,8 @@
 
 See :mod:`subsets.pack` for the files. Here: the union of the manifests' images with a
 membership bit mask per image (bit ``i``: manifest ``i``, manifests sorted by name),
-and the pack order — membership tiers (most manifests first, so nested fractions are
-prefixes), a fixed key hash within a tier.
+and the pack order (:func:`order_rows`): by membership, so that nested fractions are
+prefixes, then by a fixed hash of the key.
 """
 
 from __future__ import annotations
@@ -67,16 +67,34 @@ def _check_same_paths(paths: pa.ChunkedArray, first: np.ndarray, tables) -> None
             )
 
 
-def order_rows(member: np.ndarray, ranks: np.ndarray) -> np.ndarray:
-    """The pack order: by descending number of manifests, then mask, then rank."""
-    count = np.bitwise_count(member).astype(np.int64)
-    return np.lexsort((ranks, member, -count))
+def _is_subset(member: np.ndarray, small: int, large: int) -> bool:
+    bits = (member >> np.uint64(small)) & ~(member >> np.uint64(large)) & np.uint64(1)
+    return not bits.any()
 
 
-def tier_ranges(member: np.ndarray) -> list[tuple[int, int, int]]:
-    """(mask, first row, end row) of each tier of rows already in pack order."""
-    if not len(member):
-        return []
-    starts = np.flatnonzero(np.concatenate([[True], member[1:] != member[:-1]]))
-    ends = np.append(starts[1:], len(member))
-    return [(int(member[s]), int(s), int(e)) for s, e in zip(starts, ends, strict=True)]
+def manifest_priority(member: np.ndarray, count: int) -> list[int]:
+    """Manifest bits in the order that decides the layout: the *chain* first — from the
+    largest manifest, each next one a subset of the one before (100 % ⊃ 50 % ⊃ …) —
+    then the others, largest first (ties: lower bit, i.e. by name)."""
+    sizes = [int(((member >> np.uint64(i)) & np.uint64(1)).sum()) for i in range(count)]
+    by_size = sorted(range(count), key=lambda i: (-sizes[i], i))
+    chain: list[int] = []
+    for i in by_size:
+        if not chain or _is_subset(member, i, chain[-1]):
+            chain.append(i)
+    return chain + [i for i in by_size if i not in chain]
+
+
+def order_rows(member: np.ndarray, ranks: np.ndarray, count: int) -> np.ndarray:
+    """The pack order of rows with membership masks ``member`` over ``count`` manifests.
+
+    Rows sort by their membership read as a word, most significant bit the first
+    manifest of :func:`manifest_priority`, descending, then by ``ranks``. Every chain
+    manifest is then a prefix of the rows: rows of the smallest chain manifest come
+    first (they are in every larger one), then the rest of the next, and so on; rows in
+    no chain manifest (a disjoint val set) come last.
+    """
+    word = np.zeros(len(member), dtype=np.uint64)
+    for place, bit in enumerate(manifest_priority(member, count)):
+        word |= ((member >> np.uint64(bit)) & np.uint64(1)) << np.uint64(count - 1 - place)
+    return np.lexsort((ranks, ~word))

@@ -1,0 +1,174 @@
+"""Packed shards: one copy serves every nested fraction, bytes are deterministic, every
+image reads back as its file, digests catch damage, and bad input writes nothing."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from subsets_fixtures import imagenet
+
+from scaling.cli import main
+from subsets.build import BuildConfig, build_subsets
+from subsets.errors import SubsetError
+from subsets.manifest import read_manifest
+from subsets.pack import PackConfig, pack_manifests
+from subsets.shards import open_pack
+from subsets.slowfs import latency_filesystem
+
+FRACTIONS = ("in1k-10pct", "in1k-20pct", "in1k-50pct", "in1k-100pct")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(data root, manifests of seed 0, a 50 % manifest of seed 1) over real JPEGs."""
+    tmp = tmp_path_factory.mktemp("packdata")
+    root = imagenet(tmp, real=True)
+    build_subsets(BuildConfig(out_dir=tmp / "m", train=root / "train", val=root / "val"))
+    build_subsets(BuildConfig(out_dir=tmp / "s1", train=root / "train", subsets=("in1k-50pct",),
+                              seed=1))  # fmt: skip
+    return root, tmp / "m", tmp / "s1" / "in1k-50pct.parquet"
+
+
+def _manifests(folder: Path, names=(*FRACTIONS, "in1k-val")) -> list[Path]:
+    return [folder / f"{n}.parquet" for n in names]
+
+
+def _pack(root: Path, manifests: list[Path], out: Path, **options) -> Path:
+    options = {"shard_bytes": 20_000, "block_bytes": 3_000, **options}
+    pack_manifests(PackConfig(manifests=tuple(manifests), root=root, out_dir=out, **options))
+    return out
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_every_image_reads_back_and_fractions_are_prefixes(data, tmp_path: Path) -> None:
+    root, manifests, other = data
+    pack = open_pack(_pack(root, [*_manifests(manifests), other], tmp_path / "p"))
+    assert len(pack.shards) >= 3 and pack.num_blocks > len(pack.shards)
+    sizes = []
+    for manifest in [*_manifests(manifests), other]:
+        table, info = read_manifest(manifest, columns=["path", "key"])
+        rows = pack.rows_of(table.column("key").to_numpy(), info.name)
+        images = pack.read_rows(rows)
+        paths = table.column("path").to_pylist()
+        assert images == [(root / p).read_bytes() for p in paths]
+        assert pack.paths.take(rows).to_pylist() == paths
+        if manifest != other and info.name in FRACTIONS:  # nested: the first rows of the pack
+            assert sorted(rows.tolist()) == list(range(len(rows)))
+            sizes.append(len(rows))
+    assert sizes == sorted(sizes) and sizes[-1] == 72
+    assert len(pack) == 72 + 12  # the train images once, plus val; seed 1's 50 % adds none
+
+
+def test_shards_are_deterministic_and_independent_of_argument_order(data, tmp_path: Path):
+    root, manifests, _ = data
+    a = _pack(root, _manifests(manifests), tmp_path / "a")
+    b = _pack(root, _manifests(manifests)[::-1], tmp_path / "b", workers=3)
+    assert _files(a) == _files(b) and "index.parquet" in _files(a)
+
+
+def test_shard_and_block_sizes(data, tmp_path: Path) -> None:
+    root, manifests, _ = data
+    pack = open_pack(_pack(root, _manifests(manifests), tmp_path / "p", block_rows=4))
+    images = pack.sizes
+    for i, shard in enumerate(pack.shards[:-1]):
+        assert 20_000 <= shard["image_bytes"] < 20_000 + 3_000 + images.max() * 4
+        assert pq.ParquetFile(tmp_path / "p" / shard["file"]).num_row_groups == shard["blocks"]
+        assert i == 0 or shard["rows"] > 0
+    per_block = np.diff(pack.block_starts)
+    assert per_block.max() <= 4 and per_block.sum() == len(pack)
+
+
+def test_one_ranged_read_per_block(data, tmp_path: Path) -> None:
+    root, manifests, _ = data
+    out = _pack(root, _manifests(manifests), tmp_path / "p")
+    fs, counts = latency_filesystem(0.0)
+    pack = open_pack(str(out), fs)
+    pack.read_block(0)  # opens shard 0 and reads its footer
+    before = (counts.opens, counts.reads)
+    for block in range(1, pack.shards[0]["blocks"]):
+        pack.read_block(block)
+    assert (counts.opens, counts.reads) == (before[0], before[1] + pack.shards[0]["blocks"] - 1)
+
+
+def test_digests_catch_a_damaged_shard(data, tmp_path: Path, capsys) -> None:
+    root, manifests, _ = data
+    out = _pack(root, _manifests(manifests)[:1], tmp_path / "p")
+    assert open_pack(out).verify() == {}
+    assert main(["subsets", "pack-verify", str(out)]) == 0
+    shard = out / "shard-00000.parquet"
+    data_ = bytearray(shard.read_bytes())
+    data_[100] ^= 0xFF
+    shard.write_bytes(bytes(data_))
+    assert list(open_pack(out).verify()) == ["shard-00000.parquet"]
+    capsys.readouterr()
+    assert main(["subsets", "pack-verify", str(out)]) == 1
+    assert "shard-00000.parquet: FAILED: digest" in capsys.readouterr().out
+
+
+def test_cli_packs_and_prints_its_shards(data, tmp_path: Path, capsys) -> None:
+    root, manifests, _ = data
+    argv = ["subsets", "pack", *map(str, _manifests(manifests)), "--root", str(root)]
+    assert main([*argv, "--out", str(tmp_path / "p"), "--shard-size", "20k"]) == 0
+    out = capsys.readouterr().out
+    assert "84 images" in out and "in1k-100pct, in1k-10pct" in out and "shard-00000" in out
+    assert main([*argv, "--out", str(tmp_path / "p")]) == 2
+    assert "already holds a pack; pass --force" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "p"), "--force"]) == 0
+    assert [p.name for p in (tmp_path / "p").iterdir()] == ["index.parquet", "shard-00000.parquet"]
+
+
+def test_a_missing_image_writes_nothing(data, tmp_path: Path, capsys) -> None:
+    root, manifests, _ = data
+    table, _ = read_manifest(manifests / "in1k-10pct.parquet", columns=["path"])
+    victim = root / table.column("path")[3].as_py()
+    saved = victim.read_bytes()
+    victim.unlink()
+    try:
+        argv = ["subsets", "pack", str(manifests / "in1k-100pct.parquet"), "--root", str(root)]
+        assert main([*argv, "--out", str(tmp_path / "p"), "--shard-size", "5k"]) == 2
+    finally:
+        victim.write_bytes(saved)
+    err = capsys.readouterr().err
+    assert re.search(rf"error: {re.escape(str(victim))}: cannot read image: No such file", err)
+    assert list((tmp_path / "p").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shard-size", "0"], r"--shard-size: must be at least 1 byte, got '0'"),
+        (["--block-size", "lots"], r"--block-size: not a size \(bytes, or with k/M/G\): 'lots'"),
+        (["--workers", "0"], r"error: --workers: must be >= 1, got 0"),
+        (["--root", "{tmp}/nope"], r"error: --root .*nope: no such folder"),
+        (["--out", "{manifest}"], r"error: --out .*in1k-10pct\.parquet: not a folder"),
+    ],
+)
+def test_cli_errors_exit_2(data, tmp_path: Path, capsys, args: list[str], message: str) -> None:
+    root, manifests, _ = data
+    manifest = manifests / "in1k-10pct.parquet"
+    argv = ["subsets", "pack", str(manifest), "--root", str(root), "--out", str(tmp_path / "p")]
+    argv += [a.format(tmp=tmp_path, manifest=manifest) for a in args]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    assert code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_manifest_not_in_the_pack(data, tmp_path: Path) -> None:
+    root, manifests, other = data
+    pack = open_pack(_pack(root, _manifests(manifests, ["in1k-10pct"]), tmp_path / "p"))
+    keys = read_manifest(other, columns=["key"])[0].column("key").to_numpy()
+    with pytest.raises(SubsetError, match=r"in1k-50pct: \d+ of its 37 images are not in the pack"):
+        pack.rows_of(keys, "in1k-50pct")
+    with pytest.raises(SubsetError, match=r"pack .*nowhere: no index\.parquet \(not a pack\?\)"):
+        open_pack(tmp_path / "nowhere")
