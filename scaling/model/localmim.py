@@ -40,6 +40,7 @@ from scaling.errors import ModelError
 from scaling.model.mae import (
     MAEDecoder,
     check_decoder,
+    check_mask_ratio,
     check_vit,
     encode_visible,
     masked_patch_mse,
@@ -229,8 +230,7 @@ class LocalMIMViT(nn.Module):
             self.scales = self.scales[-len(self.taps) :]
         _check_taps(self.taps, self.scales, depth)
         check_decoder(decoder_dim, decoder_depth, decoder_heads, "localmim")
-        if not 0.0 < mask_ratio < 1.0:
-            raise ModelError(f"localmim.mask_ratio: must be in (0, 1), got {mask_ratio}")
+        check_mask_ratio(mask_ratio, encoder.patch_embed.num_patches, "localmim")
         if hog_nbins < 1:
             raise ModelError(f"localmim.hog_nbins: must be ≥ 1, got {hog_nbins}")
         self.target_fn, width_of = get_target(target)

@@ -13,10 +13,11 @@ against per-patch normalised pixels (``norm_pix_loss``)::
     loss = Σ_i m_i · mean_j (x̂_ij − t_ij)² / Σ_i m_i
 
 Which patches are masked is explicit: ``forward(images, mask_or_noise)`` takes
-either a token mask (B, h, w) of integers or booleans (nonzero = masked, the
-same count in every image — e.g. ``MaskGenerator(mask_patch_size=patch)``, so
-validation masks are seeded like SimMIM's) or MAE's own float noise (B, h·w)
-whose ``h·w − int(h·w·(1 − mask_ratio))`` largest entries are masked.
+either a token mask (B, h, w) of integers or booleans (nonzero = masked) or
+MAE's own float noise (B, h·w); either way ``L − int(L·(1 − mask_ratio))`` of
+the L = h·w tokens are masked: the largest noises, or exactly the mask's
+nonzero tokens (e.g. ``MaskGenerator(mask_patch_size=patch)`` at the same
+ratio, so validation masks are seeded like SimMIM's).
 :func:`seeded_noise` derives such noise from seed words, never a global RNG.
 """
 
@@ -76,8 +77,31 @@ class Shuffle(NamedTuple):
     """(B, L) float: 1 = masked, 0 = visible."""
 
 
+def keep_count(num_patches: int, mask_ratio: float) -> int:
+    """Tokens the encoder sees: ``int(L · (1 − mask_ratio))`` as in the released code."""
+    return int(num_patches * (1 - mask_ratio))
+
+
+def check_mask_ratio(mask_ratio: float, num_tokens: int, key: str) -> None:
+    """``<key>.mask_ratio`` in (0, 1) and leaving 1 … L − 1 of ``num_tokens`` tokens visible."""
+    if not 0.0 < mask_ratio < 1.0:
+        raise ModelError(f"{key}.mask_ratio: must be in (0, 1), got {mask_ratio}")
+    keep = keep_count(num_tokens, mask_ratio)
+    if not 0 < keep < num_tokens:
+        raise ModelError(
+            f"{key}.mask_ratio: {mask_ratio} keeps {keep} of {num_tokens} tokens; need 1 … L − 1"
+        )
+
+
 def shuffle_from(mask_or_noise: torch.Tensor, mask_ratio: float, grid: tuple[int, int]) -> Shuffle:
-    """MAE's shuffle from float noise or a token mask, either (B, h, w) or (B, h·w)."""
+    """MAE's shuffle from float noise or a token mask, either (B, h, w) or (B, h·w).
+
+    The encoder sees ``keep_count(L, mask_ratio)`` tokens: the smallest noises,
+    or a mask's visible tokens in index order. A mask must mask exactly the other
+    ``L − keep`` tokens of every image; that is checked when the mask is on the
+    CPU (free) and trusted on an accelerator, where reading the counts back
+    would stall every step.
+    """
     batch = mask_or_noise.shape[0]
     h, w = grid
     if mask_or_noise.shape[1:] not in ((h, w), (h * w,)):
@@ -85,21 +109,20 @@ def shuffle_from(mask_or_noise: torch.Tensor, mask_ratio: float, grid: tuple[int
             f"mae mask: expected a (B, {h}, {w}) token mask or (B, {h * w}) noise, "
             f"got {tuple(mask_or_noise.shape)}"
         )
+    check_mask_ratio(mask_ratio, h * w, "mae")
+    keep = keep_count(h * w, mask_ratio)
     if mask_or_noise.is_floating_point():
         noise = mask_or_noise.reshape(batch, -1)
-        keep = int(noise.shape[1] * (1 - mask_ratio))
     else:
         masked = mask_or_noise.reshape(batch, -1).bool()
-        counts = masked.sum(1)
-        if (counts != counts[0]).any():
-            raise ModelError(
-                "mae mask: every image needs the same number of masked tokens, got "
-                f"{sorted(set(counts.tolist()))}"
-            )
-        keep = masked.shape[1] - int(counts[0])
+        if masked.device.type == "cpu":
+            counts = sorted(set(masked.sum(1).tolist()))
+            if counts != [h * w - keep]:
+                raise ModelError(
+                    f"mae mask: mask_ratio {mask_ratio} masks {h * w - keep} of {h * w} tokens "
+                    f"in every image, the mask has {counts}"
+                )
         noise = masked.float()  # visible (0) sort first; a stable sort keeps index order
-    if not 0 < keep < noise.shape[1]:
-        raise ModelError(f"mae mask: keeps {keep} of {noise.shape[1]} tokens; need 1 … L − 1")
     ids_shuffle = torch.argsort(noise, dim=1, stable=True)  # ascending: small = keep
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     mask = torch.ones_like(noise)
@@ -218,8 +241,7 @@ class MAE(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = check_vit(encoder, "MAE")
-        if not 0.0 < mask_ratio < 1.0:
-            raise ModelError(f"mae.mask_ratio: must be in (0, 1), got {mask_ratio}")
+        check_mask_ratio(mask_ratio, encoder.patch_embed.num_patches, "mae")
         check_decoder(decoder_dim, decoder_depth, decoder_heads, "mae")
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
@@ -257,13 +279,3 @@ class MAE(nn.Module):
         """The MAE loss of a batch: images (B, 3, H, W), a token mask or noise (see module)."""
         pred, mask = self.reconstruct(images, mask_or_noise)
         return masked_patch_mse(pred, self.target(images), mask)
-
-
-def keep_count(num_patches: int, mask_ratio: float) -> int:
-    """Tokens the encoder sees: ``int(L · (1 − mask_ratio))`` as in the released code."""
-    return int(num_patches * (1 - mask_ratio))
-
-
-def mask_patches(num_patches: int, mask_ratio: float) -> int:
-    """Tokens masked: L − keep_count (equals ceil(L · ratio) up to float rounding)."""
-    return num_patches - keep_count(num_patches, mask_ratio)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer_v2 import SwinTransformerV2
 from timm.models.vision_transformer import VisionTransformer
+from torch.utils.flop_counter import FlopCounterMode
 
 from scaling.errors import ModelError
 from scaling.model.localmim import (
@@ -274,3 +275,17 @@ def test_bf16_autocast_gives_a_finite_loss_close_to_fp32(family: str) -> None:
             bf16 = model(_images(), mask)
     assert bf16.dtype == torch.float32 and torch.isfinite(bf16)
     assert bf16.item() == pytest.approx(fp32.item(), rel=0.05)
+
+
+def test_both_families_run_on_the_meta_device_without_reading_values_back() -> None:
+    """No host read per step (a stall on a GPU), so FLOPs can be counted on meta."""
+    with torch.device("meta"):
+        vit = LocalMIMViT(_vit(), decoder_dim=32, decoder_heads=4)
+        swin = LocalMIMSwin(_swin(), target="hog")
+        images = torch.empty(2, 3, 32, 32)
+        vit_mask = torch.empty(2, 4, 4, dtype=torch.uint8)
+        swin_mask = torch.empty(2, 16, 16, dtype=torch.uint8)
+    for model, mask in ((vit, vit_mask), (swin, swin_mask)):
+        with FlopCounterMode(display=False) as counter:
+            model(images, mask).backward()
+        assert counter.get_total_flops() > 0

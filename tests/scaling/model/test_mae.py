@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer_v2 import SwinTransformerV2
 from timm.models.vision_transformer import VisionTransformer
+from torch.utils.flop_counter import FlopCounterMode
 
 from scaling.errors import ModelError
 from scaling.model.mae import MAE, seeded_noise, shuffle_from, sincos_2d
@@ -160,6 +161,8 @@ def test_errors_name_the_key() -> None:
         MAE(SwinTransformerV2(img_size=32, window_size=4, depths=(1,), num_heads=(1,)))
     with pytest.raises(ModelError, match=r"mae.mask_ratio: must be in \(0, 1\), got 1.5"):
         MAE(_vit(), mask_ratio=1.5)
+    with pytest.raises(ModelError, match=r"mae.mask_ratio: 0.97 keeps 0 of 16 tokens"):
+        MAE(_vit(), mask_ratio=0.97)
     with pytest.raises(ModelError, match=r"mae.decoder_heads: must divide decoder_dim 32, got 5"):
         MAE(_vit(), decoder_dim=32, decoder_heads=5)
     with pytest.raises(ModelError, match=r"mae.decoder_depth: must be ≥ 1, got 0"):
@@ -169,14 +172,14 @@ def test_errors_name_the_key() -> None:
     model = _mae()
     uneven = torch.zeros(2, 4, 4, dtype=torch.uint8)
     uneven[0, 0, :3], uneven[1, 0, :2] = 1, 1
-    with pytest.raises(ModelError, match=r"same number of masked tokens, got \[2, 3\]"):
+    with pytest.raises(ModelError, match=r"mask_ratio 0.75 masks 12 of 16 tokens .*has \[2, 3\]"):
         model(_images(2), uneven)
     with pytest.raises(
         ModelError,
         match=r"mae mask: expected a \(B, 4, 4\) token mask or \(B, 16\) noise, got \(2, 8, 8\)",
     ):
         model(_images(2), torch.zeros(2, 8, 8, dtype=torch.uint8))
-    with pytest.raises(ModelError, match="keeps 0 of 16 tokens"):
+    with pytest.raises(ModelError, match=r"mask_ratio 0.75 masks 12 of 16 tokens .*has \[16\]"):
         model(_images(2), torch.ones(2, 4, 4, dtype=torch.bool))
 
 
@@ -189,3 +192,14 @@ def test_bf16_autocast_gives_a_finite_loss_close_to_fp32() -> None:
             bf16 = model(images, noise)
     assert bf16.dtype == torch.float32 and torch.isfinite(bf16)
     assert bf16.item() == pytest.approx(fp32.item(), rel=0.05)
+
+
+def test_runs_on_the_meta_device_without_reading_values_back() -> None:
+    """No host read of the mask (a per-step stall on a GPU): FLOPs can be counted on meta."""
+    with torch.device("meta"):
+        model = MAE(_vit(), decoder_dim=32, decoder_depth=1, decoder_heads=4)
+        images = torch.empty(2, 3, 32, 32)
+        mask = torch.empty(2, 4, 4, dtype=torch.uint8)
+    with FlopCounterMode(display=False) as counter:
+        model(images, mask).backward()
+    assert counter.get_total_flops() > 0
