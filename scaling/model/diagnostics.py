@@ -134,14 +134,14 @@ def _vit_hook(on_attention: _OnAttention, grid: tuple[int, int], patch: int, pre
         probs = ((q * module.scale) @ k.transpose(-2, -1)).softmax(-1)
         probs = probs[..., prefix:, prefix:]  # patch tokens only, renormalised below
         probs = probs / probs.sum(-1, keepdim=True)
-        on_attention(AttentionMap(probs.detach(), grid_coords(*grid), patch))
+        on_attention(AttentionMap(probs.detach().float(), grid_coords(*grid), patch))
 
     return hook
 
 
 def _swin_hook(on_attention: _OnAttention, window: tuple[int, int], token_px: int):
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        on_attention(AttentionMap(output.detach(), grid_coords(*window), token_px))
+        on_attention(AttentionMap(output.detach().float(), grid_coords(*window), token_px))
 
     return hook
 
@@ -186,7 +186,15 @@ def _hooks(encoder: nn.Module, on_attention: _OnAttention, feats: list) -> list:
 def _run(encoder: nn.Module, images: torch.Tensor, on_attention: _OnAttention) -> list:
     """One eval-mode forward with the hooks on; returns every block's output (B, h, w, C)."""
     feats: list[torch.Tensor] = []
-    handles = _hooks(encoder, on_attention, feats)
+    handles = _hooks(encoder, on_attention, feats)  # refuses an unsupported encoder first
+    size = tuple(encoder.patch_embed.img_size)
+    if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != size:
+        for handle in handles:
+            handle.remove()
+        raise ModelError(
+            f"diagnostics: images must be (B, 3, {size[0]}, {size[1]}) for this encoder, "
+            f"got {tuple(images.shape)}"
+        )
     was_training = encoder.training
     try:
         encoder.eval()

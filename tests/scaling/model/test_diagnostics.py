@@ -180,3 +180,10 @@ def test_summary_averages_layers_and_reads_the_last_one() -> None:
             "cka_first_last": 0.2,
         }
     )
+
+
+def test_images_of_the_wrong_size_are_refused_and_leave_no_hooks() -> None:
+    encoder = _swin()
+    with pytest.raises(ModelError, match=r"images must be \(B, 3, 32, 32\) .*got \(2, 3, 64, 64\)"):
+        diagnose(encoder, torch.zeros(2, 3, 64, 64))
+    assert all(not m._forward_hooks for m in encoder.modules())
