@@ -3,6 +3,7 @@ image reads back as its file, digests catch damage, and bad input writes nothing
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from subsets.build import BuildConfig, build_subsets
 from subsets.errors import SubsetError
 from subsets.manifest import read_manifest
 from subsets.pack import PackConfig, pack_manifests
+from subsets.packview import PackView
 from subsets.shards import open_pack
 from subsets.slowfs import latency_filesystem
 
@@ -172,3 +174,19 @@ def test_a_manifest_not_in_the_pack(data, tmp_path: Path) -> None:
         pack.rows_of(keys, "in1k-50pct")
     with pytest.raises(SubsetError, match=r"pack .*nowhere: no index\.parquet \(not a pack\?\)"):
         open_pack(tmp_path / "nowhere")
+
+
+def test_a_view_reads_each_block_once_in_an_epoch(data, tmp_path: Path) -> None:
+    root, manifests, _ = data
+    out = _pack(root, _manifests(manifests), tmp_path / "p", block_rows=5)
+    table, _ = read_manifest(manifests / "in1k-50pct.parquet", columns=["path", "key"])
+    view = PackView(out, table.column("key").to_numpy(), "in1k-50pct", cache_blocks=3)
+    paths = table.column("path").to_pylist()
+    order = view.epoch_order(seed=0, epoch=2, window=3)
+    assert [view.read(int(j)) for j in order] == [(root / paths[j]).read_bytes() for j in order]
+    assert view.block_reads == len(np.unique(view.blocks)) > 3
+    assert view.path(4) == paths[4]
+    copy = pickle.loads(pickle.dumps(view))  # as a data-loader worker gets it
+    assert copy.read(4) == view.read(4) and copy.block_reads == 1
+    with pytest.raises(ValueError, match=r"cache_blocks: must be >= 1, got 0"):
+        PackView(out, table.column("key").to_numpy(), "x", cache_blocks=0)
