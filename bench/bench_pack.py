@@ -8,7 +8,8 @@ process alone (os.wait4). Baseline in the same run: reading the same files with 
 same number of threads and nothing else (the I/O floor of packing). The files were just
 written or read, so both run from the page cache: the figure is packing's CPU cost.
 
-    .venv/bin/python bench/bench_pack.py [--images 50000] [--shard-size 128M] [--repeat N]
+    .venv/bin/python bench/bench_pack.py [--images 50000] [--shard-size 128M] [--block-size 16M]
+        [--repeat N]
 """
 
 from __future__ import annotations
@@ -82,12 +83,12 @@ def read_all(folder: Path, workers: int) -> tuple[float, int]:
     return time.perf_counter() - start, total
 
 
-def run_pack(folder: Path, out: Path, shard_size: str, workers: int) -> dict[str, float]:
+def run_pack(folder: Path, out: Path, args: argparse.Namespace) -> dict[str, float]:
     shutil.rmtree(out, ignore_errors=True)
     manifests = sorted(str(p) for p in (folder / "manifests").glob("*.parquet"))
     command = [sys.executable, "-m", "scaling", "subsets", "pack", *manifests, "--root",
-               str(folder), "--out", str(out), "--shard-size", shard_size, "--workers",
-               str(workers)]  # fmt: skip
+               str(folder), "--out", str(out), "--shard-size", args.shard_size,
+               "--block-size", args.block_size, "--workers", str(args.workers)]  # fmt: skip
     start = time.perf_counter()
     child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(child.pid, 0)
@@ -107,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=50_000)
     parser.add_argument("--shard-size", default="128M")
+    parser.add_argument("--block-size", default="16M")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
@@ -114,10 +116,7 @@ def main() -> None:
     folder = make_set(CACHE / "jpeg50k", args.images)
     floor_s, total = read_all(folder, args.workers)
     print(f"set: {args.images:,} JPEGs, {total / 2**20:,.0f} MiB in {folder}")
-    runs = [
-        run_pack(folder, CACHE / "pack50k", args.shard_size, args.workers)
-        for _ in range(args.repeat)
-    ]
+    runs = [run_pack(folder, CACHE / "pack50k", args) for _ in range(args.repeat)]
     best = min(runs, key=lambda r: r["wall_s"])
     print(
         f"pack: {args.images / best['wall_s']:,.0f} images/s ({total / 2**20 / best['wall_s']:,.0f}"
