@@ -6,7 +6,8 @@ as its encoded bytes. Layout (all under ``OUT/``)::
     shard-00000.parquet …   columns key (uint64), image (binary, the file's bytes);
                             one row group per *block* of ~``block_bytes``; a shard
                             closes after ~``shard_bytes``
-    index.parquet           key, path, shard, block, row (row within its shard), size;
+    index.parquet           key, path, shard, block, row (row within its shard), size,
+                            offset (where the image's bytes start in its shard file);
                             one row per image in pack order; its metadata (JSON under
                             b"mimscale-pack") lists every shard with its blake2b digest,
                             the manifests packed (name, digest) and the options
@@ -95,7 +96,7 @@ class PackConfig:
 
 
 def _index_table(keys, paths, where, meta: dict) -> pa.Table:
-    shard_of, block_of, row_of, size_of = where
+    shard_of, block_of, row_of, size_of, offset_of = where
     table = pa.table(
         {
             "key": pa.array(keys, pa.uint64()),
@@ -104,6 +105,7 @@ def _index_table(keys, paths, where, meta: dict) -> pa.Table:
             "block": pa.array(block_of, pa.int32()),
             "row": pa.array(row_of, pa.int64()),
             "size": pa.array(size_of, pa.int64()),
+            "offset": pa.array(offset_of, pa.int64()),
         }
     )
     return table.replace_schema_metadata({PACK_KEY: json.dumps(meta, sort_keys=True).encode()})

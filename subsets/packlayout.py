@@ -21,7 +21,7 @@ INDEX_NAME = "index.parquet"
 SHARD_SCHEMA = pa.schema(
     [pa.field("key", pa.uint64(), nullable=False), pa.field("image", pa.binary(), nullable=False)]
 )
-INDEX_COLUMNS = ("key", "path", "shard", "block", "row", "size")
+INDEX_COLUMNS = ("key", "path", "shard", "block", "row", "size", "offset")
 MAX_MANIFESTS = 64
 
 

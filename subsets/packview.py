@@ -14,7 +14,6 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from subsets.shards import Pack, epoch_order, open_pack
 
@@ -38,7 +37,7 @@ class PackView:
         self.blocks = self.pack.block_of[self.rows]
         """Pack block of every manifest row (what the epoch order groups by)."""
         self.cache_blocks = cache_blocks
-        self._cache: OrderedDict[int, pa.BinaryArray] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[memoryview, np.ndarray]] = OrderedDict()
         self.block_reads = 0
 
     def __len__(self) -> int:
@@ -49,22 +48,27 @@ class PackView:
         state["_cache"], state["block_reads"] = OrderedDict(), 0
         return state
 
-    def _block(self, block: int) -> pa.BinaryArray:
-        images = self._cache.get(block)
-        if images is None:
-            images = self.pack.read_block(block)
+    def _block(self, block: int) -> tuple[memoryview, np.ndarray]:
+        """(data, starts) of a block (:meth:`subsets.shards.Pack.block_bytes`)."""
+        cached = self._cache.get(block)
+        if cached is None:
+            cached = self.pack.block_bytes(block)
             self.block_reads += 1
-            self._cache[block] = images
+            self._cache[block] = cached
             if len(self._cache) > self.cache_blocks:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(block)
-        return images
+        return cached
 
-    def read(self, j: int) -> bytes:
-        """The encoded bytes of manifest row ``j``."""
+    def read(self, j: int) -> memoryview:
+        """The encoded bytes of manifest row ``j``: a read-only view into its cached block
+        (no copy; ``bytes(view)`` makes one)."""
         block = int(self.blocks[j])
-        return self._block(block)[int(self.rows[j] - self.pack.block_starts[block])].as_py()
+        data, starts = self._block(block)
+        row = int(self.rows[j])
+        start = int(starts[row - self.pack.block_starts[block]])
+        return data[start : start + int(self.pack.sizes[row])]
 
     def path(self, j: int) -> str:
         """The data-root path of manifest row ``j`` (for messages)."""

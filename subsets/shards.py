@@ -2,14 +2,15 @@
 
     pack = open_pack("/data/in1k-pack")             # or "s3://bucket/in1k-pack"
     rows = pack.rows_of(manifest_keys, "in1k-10pct") # pack row of every manifest row
-    images = pack.read_block(pack.block_of[rows[0]]) # one ranged read: a block's bytes
+    data, starts = pack.block_bytes(pack.block_of[rows[0]])  # one ranged read
     pack.verify()                                    # {shard file: problem}, {} if intact
 
 Storage goes through pyarrow's file systems (``FileSystem.from_uri``: local, ``s3://``
 with the usual ``AWS_*`` variables and ``AWS_ENDPOINT_URL``, ``gs://``, ``hdfs://``), or
-any ``pyarrow.fs.FileSystem`` passed in. A block is one Parquet row group whose only
-column read is ``image``: one contiguous column chunk, fetched with one ranged read once
-the shard's footer is known (read once per shard and process).
+any ``pyarrow.fs.FileSystem`` passed in. A block is one Parquet row group; the index
+records where each image's bytes start in its shard, so a block is fetched with one
+ranged read of its images and sliced without Parquet decoding (``block_bytes``);
+``read_block`` reads the same images through the Parquet reader.
 
 **Epoch order** (:func:`epoch_order`, a pure function of (seed, epoch)): the rows of a
 manifest are grouped by the block that holds them; the blocks are permuted, then rows
@@ -65,6 +66,8 @@ class Pack:
         self.keys = to_numpy(index.column("key"))
         self.paths = index.column("path")
         self.sizes = to_numpy(index.column("size"))
+        self.offsets = to_numpy(index.column("offset"))
+        """Where each image's bytes start in its shard file."""
         shard, block = to_numpy(index.column("shard")), to_numpy(index.column("block"))
         first_block = np.cumsum([0] + [s["blocks"] for s in self.shards])
         self.block_of = (first_block[shard] + block).astype(np.int64)
@@ -74,7 +77,7 @@ class Pack:
         self.block_shard = shard[starts]
         self.block_group = block[starts]
         self._by_key: np.ndarray | None = None
-        self._open: dict[int, pq.ParquetFile] = {}
+        self._open: dict[int, pa.NativeFile] = {}
         self._pid = os.getpid()
 
     def _read_index(self) -> pa.Table:
@@ -116,24 +119,43 @@ class Pack:
             )
         return self._by_key[pos].astype(np.int64)
 
-    def _file(self, shard: int) -> pq.ParquetFile:
+    def _file(self, shard: int) -> pa.NativeFile:
         if self._pid != os.getpid():  # a forked worker: own handles and clients
             self._open, self._pid = {}, os.getpid()
             self.fs, self.base = _resolve(self.location, self._filesystem)
         if shard not in self._open:
             path = f"{self.base}/{self.shards[shard]['file']}"
-            self._open[shard] = pq.ParquetFile(self.fs.open_input_file(path), pre_buffer=True)
+            self._open[shard] = self.fs.open_input_file(path)
         return self._open[shard]
 
+    def _failed(self, block: int, err: Exception) -> SubsetError:
+        shard, group = int(self.block_shard[block]), int(self.block_group[block])
+        return SubsetError(
+            f"pack {self.location}: {self.shards[shard]['file']} block {group}: {err}"
+        )
+
+    def block_bytes(self, block: int) -> tuple[memoryview, np.ndarray]:
+        """(data, starts) of one block, fetched with one ranged read and no Parquet
+        decoding: image ``i`` (row ``block_starts[block] + i``) is
+        ``data[starts[i] : starts[i] + sizes[row]]``."""
+        lo, hi = int(self.block_starts[block]), int(self.block_starts[block + 1])
+        first = int(self.offsets[lo])
+        end = int(self.offsets[hi - 1] + self.sizes[hi - 1])
+        try:
+            data = self._file(int(self.block_shard[block])).read_at(end - first, first)
+        except (pa.ArrowException, OSError) as err:
+            raise self._failed(block, err) from None
+        if len(data) != end - first:
+            raise self._failed(block, EOFError(f"{len(data)} of {end - first} bytes"))
+        return memoryview(data), self.offsets[lo:hi] - first
+
     def read_block(self, block: int) -> pa.BinaryArray:
-        """The encoded images of one block, in pack order (rows ``block_starts[block]…``)."""
+        """The images of one block through the Parquet reader (as any tool reads them)."""
         shard, group = int(self.block_shard[block]), int(self.block_group[block])
         try:
-            table = self._file(shard).read_row_group(group, columns=["image"])
+            table = pq.ParquetFile(self._file(shard)).read_row_group(group, columns=["image"])
         except (pa.ArrowException, OSError) as err:
-            raise SubsetError(
-                f"pack {self.location}: {self.shards[shard]['file']} block {group}: {err}"
-            ) from None
+            raise self._failed(block, err) from None
         return table.column("image").combine_chunks()
 
     def read_rows(self, rows: np.ndarray) -> list[bytes]:
@@ -141,9 +163,11 @@ class Pack:
         out: list[bytes] = [b""] * len(rows)
         blocks = self.block_of[rows]
         for block in np.unique(blocks).tolist():
-            images = self.read_block(block)
+            data, starts = self.block_bytes(block)
             for i in np.flatnonzero(blocks == block).tolist():
-                out[i] = images[int(rows[i] - self.block_starts[block])].as_py()
+                row = int(rows[i])
+                start = int(starts[row - self.block_starts[block]])
+                out[i] = data[start : start + int(self.sizes[row])].tobytes()
         return out
 
     def verify(self, shards: list[int] | None = None) -> dict[str, str]:

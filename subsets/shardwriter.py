@@ -9,6 +9,7 @@ bytes as they are written.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,10 +44,14 @@ class _HashingFile:
     digest: object = field(default_factory=lambda: hashlib.blake2b(digest_size=16))
     size: int = 0
     closed: bool = False
+    captured: bytearray | None = None
+    """Bytes written since capturing started (a block's, to find its images in)."""
 
     def write(self, data: bytes) -> int:
         self.digest.update(data)
         self.size += len(data)
+        if self.captured is not None:
+            self.captured += data
         return self.raw.write(data)
 
     def tell(self) -> int:
@@ -86,6 +91,25 @@ def _images(root: Path, paths: pa.ChunkedArray, workers: int) -> Iterator[bytes]
             yield from pool.map(lambda p: _read_file(root, p), batch)
 
 
+def _find_images(written: bytes, images: list[bytes]) -> np.ndarray:
+    """Where each image's bytes start in ``written`` (a row group as written).
+
+    A PLAIN, uncompressed BYTE_ARRAY column stores each value as its 4-byte length then
+    its bytes, in row order, with page headers between pages: searching each
+    length-and-prefix from the end of the previous image finds them all in one pass.
+    Readers then fetch an image, or a block's images, by byte range without Parquet.
+    """
+    offsets = np.empty(len(images), dtype=np.int64)
+    cursor = 0
+    for i, image in enumerate(images):
+        at = written.find(struct.pack("<I", len(image)) + image[:64], cursor)
+        if at < 0 or written[at + 4 : at + 4 + len(image)] != image:
+            raise RuntimeError(f"image {i} of a block not found in its row group")  # a bug
+        offsets[i] = at + 4
+        cursor = at + 4 + len(image)
+    return offsets
+
+
 class _ShardWriter:
     """Writes blocks into shard files, one after another, recording where rows went."""
 
@@ -119,15 +143,19 @@ class _ShardWriter:
         self.shards[-1].update(bytes=self.sink.size, digest=self.sink.digest.hexdigest())
         self.writer = None
 
-    def write_block(self, keys: list[int], images: list[bytes]) -> tuple[int, int, int]:
-        """Write one block; return (shard, block within shard, first row within shard)."""
+    def write_block(self, keys: list[int], images: list[bytes]) -> tuple[int, int, int, np.ndarray]:
+        """Write one block; return (shard, block within shard, first row within shard,
+        file offset of every image's bytes)."""
         if self.writer is None:
             self._open()
         table = pa.table(
             [pa.array(keys, pa.uint64()), pa.array(images, pa.binary())], schema=SHARD_SCHEMA
         )
-        self.writer.write_table(table, row_group_size=len(keys))
-        where = (len(self.shards) - 1, self.block_in_shard, self.rows_in_shard)
+        start, self.sink.captured = self.sink.size, bytearray()
+        self.writer.write_table(table, row_group_size=len(keys))  # writes the row group now
+        offsets = start + _find_images(bytes(self.sink.captured), images)
+        self.sink.captured = None
+        where = (len(self.shards) - 1, self.block_in_shard, self.rows_in_shard, offsets)
         size = sum(map(len, images))
         shard = self.shards[-1]
         shard["rows"] += len(keys)
@@ -147,18 +175,19 @@ class _ShardWriter:
 
 
 def write_shards(folder: Path, config: PackOptions, keys: np.ndarray, paths: pa.ChunkedArray):
-    """Stream the images into shards; (shards, shard/block/row/size of every row)."""
+    """Stream the images into shards; (shards, shard/block/row/size/offset of every row)."""
     n = len(keys)
     shard_of, block_of = np.zeros(n, np.int32), np.zeros(n, np.int32)
     row_of, size_of = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    offset_of = np.zeros(n, np.int64)
     writer = _ShardWriter(folder, config)
     block_keys: list[int] = []
     block_images: list[bytes] = []
     block_size = first = 0
 
     def flush(end: int) -> None:
-        shard, block, row = writer.write_block(block_keys, block_images)
-        shard_of[first:end], block_of[first:end] = shard, block
+        shard, block, row, offsets = writer.write_block(block_keys, block_images)
+        shard_of[first:end], block_of[first:end], offset_of[first:end] = shard, block, offsets
         row_of[first:end] = row + np.arange(end - first)
         block_keys.clear()
         block_images.clear()
@@ -174,4 +203,4 @@ def write_shards(folder: Path, config: PackOptions, keys: np.ndarray, paths: pa.
             block_size, first = 0, i + 1
     if block_keys:
         flush(n)
-    return writer.finish(), (shard_of, block_of, row_of, size_of)
+    return writer.finish(), (shard_of, block_of, row_of, size_of, offset_of)
