@@ -35,8 +35,8 @@ from sklearn.datasets import load_sample_images
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from scaling.data import IMAGENET_MEAN, IMAGENET_STD, build_pretrain_loader, normalize
-from scaling.masking import MaskGenerator
+from scaling.data.masking import MaskGenerator
+from scaling.data.pretrain import IMAGENET_MEAN, IMAGENET_STD, build_pretrain_loader, normalize
 
 BATCH = 64
 CLASSES = 10

@@ -2,7 +2,7 @@
 
 The data loader draws one mask per sample, ``MaskGenerator()(seed, epoch, index)``,
 and one per validation image, ``val_mask(key)`` with a 64-bit manifest key. The
-baseline is the algorithm ``scaling.masking`` used before its ``v1`` (kept below as
+baseline is the algorithm ``scaling.data.masking`` used before its ``v1`` (kept below as
 ``old_mask``): ``np.random.default_rng(words).permutation(N)[:k]``, whose cost is
 mostly the construction of numpy's SeedSequence. Both are timed on the same word
 tuples, interleaved round by round in short rounds; the best round of each is
@@ -13,7 +13,7 @@ reported (the least disturbed by other processes), and the ratio of the medians 
 
 Configurations: the paper's 192 px / 32 px blocks / patch 4 (6×6 blocks, 48×48
 tokens), the quickstart's and the tests' 32 px / 8 px / patch 4 (4×4 blocks, 8×8
-tokens), and the tiny models' 64 px / 16 px / patch 4 (tests/test_simmim.py).
+tokens), and the tiny models' 64 px / 16 px / patch 4 (tests/scaling/model/test_simmim.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scaling.masking import VAL_MASK_SEED, MaskGenerator
+from scaling.data.masking import VAL_MASK_SEED, MaskGenerator
 
 # (label, input_size, mask_patch_size, model_patch_size)
 CONFIGS: tuple[tuple[str, int, int, int], ...] = (

@@ -1,11 +1,11 @@
 """Pre-training step throughput: images/s and model FLOPs utilisation (MFU).
 
 One step is the trial's own step, through the same functions
-(``scaling.engine.accumulate`` and ``optimizer_step``): uint8 images normalized
+(``scaling.train.loop.accumulate`` and ``optimizer_step``): uint8 images normalized
 on the device → forward (SimMIM loss) under autocast → backward → unscale,
 clip_grad_norm_(5.0) → AdamW step (fused on CUDA), on synthetic images already
 on the device and real SimMIM masks (data loading is benchmarked separately).
-FLOPs per step come from FlopCounterMode on the meta device (``scaling.flops``),
+FLOPs per step come from FlopCounterMode on the meta device (``scaling.model.flops``),
 not a formula.
 
 CPU (default when there is no GPU): the tiny flavours at batch 32, fp32::
@@ -38,13 +38,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scaling.engine import accumulate, make_scaler, optimizer_step
-from scaling.flops import pretrain_flops_per_image
-from scaling.masking import MaskGenerator
-from scaling.models import get_spec
-from scaling.optim import build_pretrain_optimizer
-from scaling.pretrain import to_model_input
-from scaling.simmim import build_simmim
+from scaling.cell.pretrain import to_model_input
+from scaling.data.masking import MaskGenerator
+from scaling.model.flops import pretrain_flops_per_image
+from scaling.model.simmim import build_simmim
+from scaling.model.sizes import get_spec
+from scaling.train.loop import accumulate, make_scaler, optimizer_step
+from scaling.train.optim import build_pretrain_optimizer
 
 # Dense bf16 tensor-core peaks in TFLOP/s, matched in order against the CUDA
 # device name (so "H100 PCIe" is tried before plain "H100", which is the SXM part).

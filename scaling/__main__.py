@@ -1,5 +1,3 @@
-import sys
+from scaling.cli import entry
 
-from scaling.cli import main
-
-sys.exit(main())
+entry()

@@ -5,9 +5,9 @@ registers its verbs from a light module that imports nothing heavy at import
 time, so ``mimscale --help`` starts fast; torch, ray and plotly load only inside
 the verb that needs them.
 
-A user-facing error is any exception with an ``exit_code`` attribute: its
-message is printed as ``error: …`` and the process exits with that code (2 for
-bad input). Anything else is a bug and keeps its traceback.
+A user-facing error is a :class:`scaling.errors.UserError`: its message is
+printed as ``error: …`` and the process exits with its code (2: bad input).
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from scaling.errors import UserError
+
 # Modules that define ``register(subparsers) -> None``; each verb sets
 # ``func(args) -> int`` through ``set_defaults``.
-VERB_MODULES = ("subsets.cli", "scaling.cli_study", "scaling.cli_trial", "analysis.cli")
+VERB_MODULES = ("subsets.cli", "scaling.study.verbs", "scaling.study.trial_verb", "analysis.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,13 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for name in VERB_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
-            continue  # a stage not built yet
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -58,13 +54,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # user errors carry an exit code
-        code = getattr(err, "exit_code", None)
-        if code is None:
-            raise
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        return int(code)
+        return err.exit_code
+
+
+def entry() -> None:
+    """The ``mimscale`` command: :func:`main`, then an exit that native pools cannot abort.
+
+    pyarrow's Parquet and S3 thread pools can still be alive when the interpreter runs
+    C++ static destructors, and then abort a finished process with "terminate called
+    without an active exception" (exit 134; apache/arrow#34314, #39162) — about one
+    ``mimscale status`` in six on an S3 store. So the process exits the way the
+    interpreter would, minus that last step: wait for non-daemon threads, run the
+    ``atexit`` hooks (Ray's shutdown, pyarrow's S3 finalization, logging), flush, then
+    ``os._exit`` with the verb's code.
+    """
+    code = main()
+    exit_now(code)
+
+
+def exit_now(code: int) -> None:
+    """Leave as the interpreter would, without running C++ static destructors."""
+    import atexit
+    import os
+    import threading
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

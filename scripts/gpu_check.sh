@@ -30,7 +30,7 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 "$py" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())" | tee -a "$out/gpu.txt"
 status=0
-"$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_simmim.py tests/test_engine.py tests/test_trial.py \
+"$py" -m pytest -q -m gpu -p no:cacheprovider tests/scaling tests/subsets tests/analysis \
     2>&1 | tee "$out/pytest-gpu.log" || status=1
 "$py" bench/bench_step.py --models "${MODELS:-swinv2-b}" --batch "${BATCH:-128}" --compile both \
     --channels-last both --json "$out/bench_step.json" 2>&1 | tee "$out/bench_step.log" || status=1

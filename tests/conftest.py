@@ -24,7 +24,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_cell(demo_dir: Path):
     """A factory of tiny CPU cells on the demo data; keyword overrides per section."""
-    from scaling.config import CellConfig, DataConfig, FinetuneConfig, PretrainConfig
+    from scaling.config.schema import CellConfig, DataConfig, FinetuneConfig, PretrainConfig
 
     def make(
         *, model: str = "swinv2-nano", data: str = "demo-25pct", iterations: int = 6, **sections

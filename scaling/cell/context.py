@@ -1,0 +1,128 @@
+"""What every phase of a cell shares: where it writes, on which device, which rank.
+
+A cell never imports the study room: it writes through any object with the
+:class:`CellStore` methods (the study's :class:`~scaling.study.store.ResultStore`
+in practice), under ``cells/<cell_id>/``. Also here: the cell's one error type,
+the device choice, and the fault injection the reliability tests use
+(``MIMSCALE_FAIL_AT="[finetune@]<step>:<marker>"`` raises once at that step of
+pre-training, or of fine-tuning; the marker file records that it did).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from scaling.config.schema import CellConfig
+from scaling.errors import UserError
+from scaling.train.checkpoint import checkpoint_bytes, read_checkpoint
+
+Reporter = Callable[[dict[str, Any]], None]
+
+
+class CellError(UserError):
+    """A cell that cannot go on (non-finite loss, too many bad images, bad manifests)."""
+
+
+class CellStore(Protocol):
+    """The file access a cell needs (atomic writes, relative to the study's output)."""
+
+    def write_bytes(self, rel: str, data: bytes) -> None: ...
+    def read_bytes(self, rel: str) -> bytes | None: ...
+    def write_json(self, rel: str, obj: Any) -> None: ...
+    def write_cell_result(self, row: dict[str, Any], points: list[dict[str, Any]]) -> None: ...
+
+
+@dataclass
+class TrialContext:
+    """What both phases share: where to write, on which device, which rank."""
+
+    cell: CellConfig
+    store: CellStore
+    cell_id: str
+    device: torch.device
+    report: Reporter | None = None
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def rel(self, name: str) -> str:
+        return f"cells/{self.cell_id}/{name}"
+
+    def point(
+        self, phase: str, step: int, split: str, metric: str, value: float, lr: float
+    ) -> dict[str, Any]:
+        """One row of ``curves.parquet``."""
+        return {
+            "cell_id": self.cell_id,
+            "phase": phase,
+            "step": int(step),
+            "split": split,
+            "metric": metric,
+            "value": float(value),
+            "lr": float(lr),
+        }
+
+    def progress(self, **fields: Any) -> None:
+        """Latest state for ``mimscale status`` and the driver's progress table."""
+        if not self.is_main:
+            return
+        self.store.write_json(self.rel("progress.json"), fields)
+        if self.report is not None:
+            self.report(dict(fields))
+
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        if self.is_main:
+            self.store.write_bytes(self.rel(name), checkpoint_bytes(state))
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        data = self.store.read_bytes(self.rel(name))
+        return None if data is None else read_checkpoint(data, self.rel(name))
+
+
+def pick_device(assigned: torch.device | None = None) -> torch.device:
+    """The device a trial trains on: ``MIMSCALE_DEVICE`` if set (``cpu``, ``cuda``,
+    ``cuda:1``; the driver forwards it to every trial), else ``assigned`` (a DDP
+    worker's GPU as its launcher mapped it), else this rank's GPU, else the CPU."""
+    forced = os.environ.get("MIMSCALE_DEVICE")
+    if forced:
+        try:
+            device = torch.device(forced)
+        except RuntimeError as err:
+            raise CellError(f"MIMSCALE_DEVICE: {forced!r} is not a torch device ({err})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise CellError(f"MIMSCALE_DEVICE: {forced!r}, but this machine has no CUDA device")
+        return device
+    if assigned is not None:
+        return assigned
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def maybe_inject_fault(phase: str, step: int) -> None:
+    """Raise once at the configured step (reliability tests only).
+
+    ``MIMSCALE_FAIL_AT`` is ``[phase@]step:marker``; the phase is ``pretrain``
+    (the default) or ``finetune``.
+    """
+    spec = os.environ.get("MIMSCALE_FAIL_AT")
+    if not spec:
+        return
+    where, _, marker = spec.partition(":")
+    at_phase, _, at = where.rpartition("@")
+    if (at_phase or "pretrain") == phase and int(at) == step and marker:
+        if Path(marker).exists():
+            return
+        Path(marker).write_text(f"failed at {phase} step {step}\n")
+        name = {"pretrain": "pre-training", "finetune": "fine-tuning"}[phase]
+        raise RuntimeError(f"injected fault at {name} step {step} (MIMSCALE_FAIL_AT)")

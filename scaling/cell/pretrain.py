@@ -1,0 +1,217 @@
+"""SimMIM pre-training of one cell: iteration-based, with a validation-loss curve.
+
+What differs from fine-tuning (the rest is :class:`~scaling.cell.runner.PhaseRunner`):
+the SimMIM model around the registered encoder, AdamW with SimMIM's no-decay set,
+the recipe's lr schedule (multistep / cosine / WSD), random block masks, and the
+validation loss — a fixed mask per image (seeded by its manifest key) and no random
+crop, so losses compare across cells, models and reruns.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from scaling.cell.context import TrialContext
+from scaling.cell.runner import PhaseOutput, PhaseRunner
+from scaling.train.loop import autocast, distributed
+
+log = logging.getLogger(__name__)
+
+
+def manifest_info(path: Path) -> tuple[int, list[str]]:
+    """(number of images, class list) of a manifest, from its Parquet footer only."""
+    from subsets.manifest import read_manifest_info
+
+    info = read_manifest_info(path)
+    return info.num_images, list(info.classes)
+
+
+def to_model_input(
+    batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, channels_last: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images and masks from the loader → normalized float images and masks on device."""
+    from scaling.data.pretrain import normalize
+
+    images, masks = batch
+    masks = masks.to(device, non_blocking=True)
+    return normalize(images, device, channels_last=channels_last), masks
+
+
+def _mean_across_ranks(total: float, count: int, device: torch.device) -> float:
+    if distributed():
+        t = torch.tensor([total, float(count)], device=device, dtype=torch.float64)
+        dist.all_reduce(t)
+        total, count = float(t[0]), int(t[1])
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def validation_loss(
+    model: nn.Module, loader: Any, device: torch.device, dtype: torch.dtype | None
+) -> float:
+    """Mean masked-L1 loss over the validation set (every image has the same mask count)."""
+    model.eval()
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    for batch in loader:
+        images, masks = to_model_input(batch, device)
+        with autocast(device, dtype):
+            loss = model(images, masks)
+        total += loss.double() * len(images)  # stays on the device: no wait per batch
+        count += len(images)
+    model.train()
+    return _mean_across_ranks(float(total), count, device)
+
+
+class Pretrain(PhaseRunner):
+    """SimMIM pre-training of ``ctx.cell``."""
+
+    phase, checkpoint_name = "pretrain", "checkpoint.pt"
+    fix_hint = "lower pretrain.base_lr or check the data"
+
+    def __init__(self, ctx: TrialContext) -> None:
+        from scaling.data.masking import MaskGenerator
+        from scaling.model.sizes import get_spec
+        from scaling.train.schedule import scaled_lr
+
+        super().__init__(ctx)
+        cell, p = ctx.cell, ctx.cell.pretrain
+        self.cell, self.p = cell, p
+        self.iterations, self.batch_size, self.accum_steps = (
+            cell.iterations,
+            p.batch_size,
+            p.accum_steps,
+        )
+        self.clip_grad, self.log_interval = p.clip_grad, p.log_interval
+        self.eval_interval, self.checkpoint_interval = p.val_interval, p.checkpoint_interval
+        self.seed = cell.seed
+        self.peak = scaled_lr(p.base_lr, p.batch_size)
+        self.val_loss = self.train_loss = float("nan")
+        self.mask = MaskGenerator(
+            input_size=p.image_size,
+            mask_patch_size=p.mask_patch_size,
+            model_patch_size=get_spec(cell.model).patch_size,
+            mask_ratio=p.mask_ratio,
+        )
+
+    def build_model(self) -> nn.Module:
+        from scaling.model.simmim import build_simmim
+
+        p = self.p
+        return build_simmim(
+            self.cell.model,
+            img_size=p.image_size,
+            drop_path_rate=p.drop_path,
+            norm_target=p.norm_target,
+            norm_target_window=p.norm_target_window,
+        )
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        from scaling.train.optim import build_pretrain_optimizer
+
+        p = self.p
+        return build_pretrain_optimizer(
+            model,
+            lr=self.peak,
+            weight_decay=p.weight_decay,
+            betas=p.betas,
+            fused=self.device.type == "cuda",
+        )
+
+    def train_batches(self, micro: int, start_micro_step: int) -> Any:
+        from scaling.data.pretrain import build_pretrain_loader, build_val_loader
+
+        cell, p, data = self.cell, self.p, self.cell.data_config
+        common = dict(
+            root=data.root,
+            image_size=p.image_size,
+            mask=self.mask,
+            batch_size=micro,
+            num_workers=data.num_workers,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+        )
+        loader = build_pretrain_loader(
+            manifest=data.manifest(cell.data),
+            seed=cell.seed,
+            start_step=start_micro_step,
+            crop_scale=p.crop_scale,
+            max_bad_fraction=p.max_bad_fraction,
+            **common,
+        )
+        self.val_loader = build_val_loader(
+            manifest=data.manifest(data.val), limit=p.val_limit or None, **common
+        )
+        return loader
+
+    def lr_of(self, step: int) -> float:
+        from scaling.train.schedule import lr_at, scaled_lr, warmup_steps_of
+
+        p, n = self.p, self.cell.iterations
+        return lr_at(
+            step,
+            schedule=p.schedule,
+            total_steps=n,
+            warmup_steps=warmup_steps_of(p.warmup_fraction, n),
+            base_lr=self.peak,
+            warmup_lr=scaled_lr(p.warmup_lr, p.batch_size),
+            min_lr=scaled_lr(p.min_lr, p.batch_size),
+            milestones=p.milestones,
+            gamma=p.gamma,
+            decay_fraction=p.decay_fraction,
+        )
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        images, masks = to_model_input(batch, self.device, self.channels_last)
+        return model(images, masks)
+
+    def evaluate(self, model: nn.Module, step: int, lr: float) -> None:
+        self.val_loss = validation_loss(model, self.val_loader, self.device, self.dtype)
+        self.add(step, "val", "loss", self.val_loss, lr)
+
+    def on_log(self, step: int, loss: float, lr: float) -> None:
+        self.train_loss = loss
+        self.ctx.progress(
+            phase="pretrain",
+            step=step,
+            iterations=self.iterations,
+            train_loss=loss,
+            val_loss=self.val_loss,
+            lr=lr,
+        )
+
+    def finish(self, model: nn.Module, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        from scaling.model.build import count_params_m
+        from scaling.model.flops import pretrain_flops_per_image
+
+        cell, p = self.cell, self.p
+        self.evaluate(model, step, self.lr_of(step - 1))
+        self.ctx.progress(
+            phase="pretrain",
+            step=step,
+            iterations=self.iterations,
+            train_loss=self.train_loss,
+            val_loss=self.val_loss,
+        )
+        flops = pretrain_flops_per_image(
+            cell.model, img_size=p.image_size, mask_patch_size=p.mask_patch_size
+        )
+        result = {
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "n_train_images": manifest_info(cell.data_config.manifest(cell.data))[0],
+            "params_m": count_params_m(cell.model, img_size=p.image_size),
+            "flops": flops * p.batch_size * cell.iterations,
+        }
+        encoder = {k: v.cpu() for k, v in model.encoder.state_dict().items()}
+        return result, {"encoder": encoder}
+
+
+def run_pretrain(ctx: TrialContext) -> PhaseOutput:
+    """Pre-train (or resume, or read back) the cell's encoder; ``state["encoder"]`` holds it."""
+    return Pretrain(ctx).run()

@@ -1,0 +1,214 @@
+"""One runner for both training phases of a cell: what they share is written once here.
+
+:class:`PhaseRunner` does, in this order: return a finished phase from its result
+checkpoint; check the batch split; seed and build the model (channels-last,
+precision), the optimizer and the loss scaler; restore a resumable checkpoint
+(model, optimizer, scaler, step, curves, RNG states); wrap in DDP and
+torch.compile; build the training batches from the resumed step; run the loop
+(:class:`scaling.train.loop.Phase`) with evaluation, logging, fault injection and
+checkpoints; turn a non-finite loss into a :class:`CellError`; evaluate once more
+at the end and write the result checkpoint. A phase (:mod:`scaling.cell.pretrain`,
+:mod:`scaling.cell.finetune`) states only what differs, and gets its curve points
+back in :class:`PhaseOutput` rather than writing them into shared state.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from scaling.cell.context import CellError, TrialContext, maybe_inject_fault
+from scaling.config.rules import micro_batch
+from scaling.errors import UserError
+from scaling.train.checkpoint import set_rng_state, unwrap
+from scaling.train.loop import NonFiniteLoss, Phase, amp_dtype, distributed, make_scaler
+
+Point = dict[str, Any]
+
+
+@dataclass
+class PhaseOutput:
+    """A finished phase: its result fields, its curve points, and phase-specific state."""
+
+    result: dict[str, Any]
+    points: list[Point]
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class PhaseRunner:
+    """The shared run of a training phase; subclasses fill in the phase's parts.
+
+    Subclasses set the class attributes and implement the methods that raise
+    NotImplementedError; ``self.model`` is the wrapped model while training.
+    """
+
+    phase: str = ""
+    """``pretrain`` or ``finetune``: the curves' phase and the config section."""
+    checkpoint_name: str = ""
+    """File under the cell's directory."""
+    fix_hint: str = ""
+    """What to change after a non-finite loss."""
+
+    def __init__(self, ctx: TrialContext) -> None:
+        self.ctx, self.device = ctx, ctx.device
+        self.points: list[Point] = []
+        self.bad_images = 0
+        self.model: nn.Module | None = None
+
+    # -- what a phase states ----------------------------------------------------------------
+    iterations: int
+    batch_size: int
+    accum_steps: int
+    clip_grad: float
+    log_interval: int
+    eval_interval: int
+    checkpoint_interval: int
+    seed: int
+
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def train_batches(self, micro: int, start_micro_step: int) -> Any:
+        """The training loader (it counts its bad images in ``num_bad_images``)."""
+        raise NotImplementedError
+
+    def lr_of(self, step: int) -> float:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, step: int, lr: float) -> None:
+        """Evaluate the unwrapped model; add points with :meth:`add`."""
+        raise NotImplementedError
+
+    def on_log(self, step: int, loss: float, lr: float) -> None:
+        """After the train loss point of ``step`` was added (progress for status)."""
+
+    def finish(self, model: nn.Module, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The final evaluation: (result fields, extra state for the result checkpoint)."""
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------------------
+    def add(self, step: int, split: str, metric: str, value: float, lr: float) -> None:
+        self.points.append(self.ctx.point(self.phase, step, split, metric, value, lr))
+
+    @property
+    def settings(self) -> Any:
+        """The cell's pre-training recipe: precision, compile and memory format of both phases."""
+        return self.ctx.cell.pretrain
+
+    def run(self) -> PhaseOutput:
+        ckpt = self.ctx.load(self.checkpoint_name)
+        if ckpt is not None and "result" in ckpt:
+            # cells written before the runner kept the encoder at the top level
+            state = ckpt.get("state") or ({"encoder": ckpt["encoder"]} if "encoder" in ckpt else {})
+            return PhaseOutput(ckpt["result"], ckpt["points"], state)
+        try:
+            micro = micro_batch(self.batch_size, self.accum_steps, self.ctx.world_size, self.phase)
+        except UserError as err:
+            raise CellError(str(err)) from None
+        model, optimizer, scaler, step = self._prepare(ckpt)
+        self.started, self.previous_wall = time.time(), (ckpt or {}).get("wall_s", 0.0)
+        self.bad_images = (ckpt or {}).get("bad_images", 0)
+        loader = self.train_batches(micro, step * self.accum_steps)
+        self.loader = loader
+        try:
+            step = self._loop(model, optimizer, scaler).run(
+                model,
+                optimizer,
+                scaler,
+                iter(loader),
+                step=step,
+                device=self.device,
+                dtype=self.dtype,
+            )
+        except NonFiniteLoss as e:
+            raise CellError(
+                f"cell {self.ctx.cell_id}: non-finite {self._name} loss {e.value} at step "
+                f"{e.step} (lr {self.lr_of(e.step):.3g}); {self.fix_hint}"
+            ) from None
+        result, state = self.finish(unwrap(model), step)
+        result = {**result, "bad_images": self.total_bad, "wall_s": self.wall_s}
+        self.ctx.save(
+            self.checkpoint_name,
+            {"points": self.points, "step": step, "result": result, "state": state},
+        )
+        return PhaseOutput(result, self.points, state)
+
+    @property
+    def _name(self) -> str:
+        return {"pretrain": "pre-training", "finetune": "fine-tuning"}[self.phase]
+
+    @property
+    def total_bad(self) -> int:
+        return self.bad_images + self.loader.num_bad_images
+
+    @property
+    def wall_s(self) -> float:
+        return self.previous_wall + time.time() - self.started
+
+    def _prepare(self, ckpt: dict[str, Any] | None) -> tuple[Any, Any, Any, int]:
+        """Seeded model, optimizer and scaler, resumed from ``ckpt``, then wrapped."""
+        s = self.settings
+        torch.manual_seed(self.seed)  # the init, then drop path: a pure function of the seed
+        model = self.build_model().to(self.device)
+        self.channels_last = self.device.type == "cuda" and s.channels_last
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.dtype = amp_dtype(s.amp, self.device)
+        optimizer = self.build_optimizer(model)
+        scaler = make_scaler(self.device, self.dtype)
+        step = 0
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scaler.load_state_dict(ckpt["scaler"])
+            step, self.points = ckpt["step"], ckpt["points"]
+            set_rng_state(ckpt["rng"])
+        self.unwrapped = model
+        if self.ctx.world_size > 1 and distributed():
+            model = nn.parallel.DistributedDataParallel(model)
+        if s.compile:
+            model = torch.compile(model)
+        self.model = model
+        return model, optimizer, scaler, step
+
+    def _loop(self, model: nn.Module, optimizer: Any, scaler: Any) -> Phase:
+        def log(step: int, loss: float, lr: float) -> None:
+            self.add(step, "train", "loss", loss, lr)
+            self.on_log(step, loss, lr)
+
+        def resumable(step: int) -> None:
+            state = {
+                "points": self.points,
+                "step": step,
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "bad_images": self.total_bad,
+                "wall_s": self.wall_s,
+            }
+            self.ctx.save(self.checkpoint_name, state)
+
+        return Phase(
+            iterations=self.iterations,
+            lr_of=self.lr_of,
+            loss_fn=self.loss,
+            accum_steps=self.accum_steps,
+            clip_grad=self.clip_grad,
+            log_interval=self.log_interval,
+            eval_interval=self.eval_interval,
+            checkpoint_interval=self.checkpoint_interval,
+            evaluate=lambda s, lr: self.evaluate(unwrap(model), s, lr),
+            log=log,
+            checkpoint=resumable,
+            after_step=lambda s: maybe_inject_fault(self.phase, s),
+        )

@@ -1,0 +1,395 @@
+"""Run a study's cells on Ray Tune: one trial per cell. The only module that imports ray.
+
+Each trial runs :func:`scaling.cell.run.run_trial` for its cell, with the cell's
+resources (a placement group of one bundle; a cell with ``workers > 1`` runs
+Ray Train's TorchTrainer, one DDP rank per worker, inside its trial). A failed
+trial is retried (``FailureConfig``) and the retry resumes from the cell's last
+checkpoint in the store, not from scratch. Resume across driver restarts and
+growth of a study are the store's job, not Tune's: the caller passes only the
+cells that are not complete, and each run is a fresh Tune experiment under
+``<output_dir>/ray``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune import Callback, PlacementGroupFactory
+
+from scaling.config.parse import ConfigError, from_dict, to_dict
+from scaling.config.schema import CellConfig
+from scaling.errors import UserError
+from scaling.study.store import ResultStore
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "MIMSCALE_"
+"""Driver environment variables with this prefix are set in every trial (fault injection)."""
+
+ProgressHook = Callable[[Collection[str]], None]
+"""Called every few seconds with the ids of the cells in flight."""
+
+
+@dataclass
+class GridResult:
+    completed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    """cell_id → error of its last attempt."""
+    retries: dict[str, int] = field(default_factory=dict)
+    """cell_id → attempts that failed and were retried."""
+    wall_s: float = 0.0
+    max_concurrent: int = 0
+
+
+def cell_bundle(cell: CellConfig) -> dict[str, float]:
+    """What one cell holds on the cluster (all its workers together)."""
+    r = cell.resources
+    return {"CPU": r.cpus * r.workers, "GPU": r.gpus * r.workers}
+
+
+def placement(cell: CellConfig) -> PlacementGroupFactory:
+    """The trial's placement group: the whole cell for one worker; for DDP only the trial's
+    own driver, since Ray Train (V2) places its workers in a placement group of its own."""
+    r = cell.resources
+    if r.workers == 1:
+        bundle = {"CPU": r.cpus} | ({"GPU": r.gpus} if r.gpus else {})
+        return PlacementGroupFactory([bundle])
+    return PlacementGroupFactory([{"CPU": 0.01}])
+
+
+def fit_count(total: dict[str, float], need: dict[str, float]) -> int:
+    """How many cells of footprint ``need`` the cluster's ``total`` holds at once."""
+    counts = [math.floor(total.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0]
+    return min(counts) if counts else 0
+
+
+def concurrency(cells: Sequence[CellConfig], total: dict[str, float], cap: int = 0) -> int:
+    """Trials to run at once: as many of the smallest cell as the cluster holds (or ``cap``).
+
+    Tune starts a trial only once its placement group is ready, so a larger cell simply
+    waits for room; a limit near the cluster's capacity keeps pending trial drivers few.
+    """
+    fits = [fit_count(total, cell_bundle(c)) for c in cells]
+    too_big = [c for c, n in zip(cells, fits, strict=True) if n == 0]
+    if too_big:
+        c = too_big[0]
+        need = ", ".join(f"{v:g} {k}" for k, v in cell_bundle(c).items() if v)
+        have = ", ".join(f"{total.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
+        raise ConfigError(
+            "resources",
+            f"a {c.model} cell needs {need} but the Ray cluster has {have}; lower "
+            f"resources (e.g. --set resources.gpus=0) or join a larger cluster (--address)",
+        )
+    n = max(fits)
+    return min(n, cap) if cap > 0 else n
+
+
+class _Progress(Callback):
+    """Tracks trial lifecycles and calls the progress hook every ``interval_s``."""
+
+    def __init__(self, hook: ProgressHook | None, interval_s: float) -> None:
+        self.hook, self.interval_s = hook, interval_s
+        self.running: set[str] = set()
+        self.retries: dict[str, int] = {}
+        self._last = 0.0
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.add(trial.config["cell_id"])
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        cell_id = trial.config["cell_id"]
+        self.retries[cell_id] = self.retries.get(cell_id, 0) + 1
+        self.running.discard(cell_id)
+        log.warning("cell %s failed; retrying from its last checkpoint", cell_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.discard(trial.config["cell_id"])
+        self.tick(force=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.discard(trial.config["cell_id"])
+        self.tick(force=True)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.tick()
+
+    def tick(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.hook is not None and (force or now - self._last >= self.interval_s):
+            self._last = now
+            self.hook(frozenset(self.running))
+
+
+def _report_to_tune(metrics: dict[str, Any]) -> None:
+    tune.report({k: v for k, v in metrics.items() if isinstance(v, int | float | str)})
+
+
+def _set_env(env: dict[str, str]) -> None:
+    """The driver's MIMSCALE_* variables, and no others (a reused process may hold old ones)."""
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIX) and k not in env]:
+        del os.environ[key]
+    os.environ.update(env)
+
+
+def _set_threads(cpus: float) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def _ddp_worker(config: dict[str, Any]) -> None:
+    """One DDP rank of a multi-worker cell (runs in a Ray Train worker)."""
+    from ray import train
+    from ray.train.torch import get_device
+
+    from scaling.cell.run import run_trial
+
+    _set_env(config["env"])
+    cell = from_dict(CellConfig, config["cell"])
+    _set_threads(cell.resources.cpus)
+    ctx = train.get_context()
+    # No ray.train.report: Train V2 makes it a barrier of all ranks, and only rank 0
+    # writes progress; the driver reads progress.json from the store instead.
+    run_trial(
+        cell,
+        ResultStore(config["store"]),
+        config["cell_id"],
+        rank=ctx.get_world_rank(),
+        world_size=ctx.get_world_size(),
+        device=get_device(),  # this worker's GPU (cpu without one)
+    )
+
+
+def _run_ddp(cell: CellConfig, cell_id: str, store: ResultStore, env: dict[str, str]) -> None:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    r = cell.resources
+    trainer = TorchTrainer(
+        _ddp_worker,
+        train_loop_config={
+            "cell": to_dict(cell),
+            "cell_id": cell_id,
+            "store": store.uri,
+            "env": env,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=r.workers,
+            use_gpu=r.gpus > 0,
+            resources_per_worker={"CPU": r.cpus} | ({"GPU": r.gpus} if r.gpus else {}),
+        ),
+        # Tune retries the whole cell; Train itself does not.
+        run_config=RunConfig(
+            name=f"ddp-{cell_id}-{int(time.time())}",
+            storage_path=_storage_path(store),
+            failure_config=FailureConfig(max_failures=0),
+        ),
+    )
+    trainer.fit()
+
+
+def _cell_trainable(
+    config: dict[str, Any], *, cells: dict[str, dict[str, Any]], store_uri: str, env: dict
+) -> None:
+    """The Tune trial of one cell."""
+    from scaling.cell.run import run_trial
+
+    _set_env(env)
+    cell_id = config["cell_id"]
+    cell = from_dict(CellConfig, cells[cell_id])
+    store = ResultStore(store_uri)
+    if store.is_complete(cell_id):  # a retry after the row was written
+        tune.report({"step": cell.iterations, "phase": "done"})
+        return
+    try:
+        _check_digests(cell, cell_id, store)
+        if cell.resources.workers > 1:
+            _run_ddp(cell, cell_id, store, env)
+            row = store.cell_row(cell_id) or {}
+        else:
+            _set_threads(cell.resources.cpus)
+            row = run_trial(cell, store, cell_id, report=_report_to_tune)
+    except UserError as err:  # a crash is not caught: Tune retries it from its checkpoint
+        # A user error (bad data, non-finite loss) fails the same way again: no retry.
+        store.write_failure(cell_id, cell.row_fields(), error_line(err))
+        tune.report({"phase": "failed"})
+        return
+    _report_to_tune({"phase": "done", "val_loss": row.get("val_loss"), "step": cell.iterations})
+
+
+def _check_digests(cell: CellConfig, cell_id: str, store: ResultStore) -> None:
+    """Refuse a cell whose manifests changed after the driver planned it (a rebuild while
+    the grid ran): its id, and every result it would write, stand for the old ones."""
+    from scaling.config.identity import manifest_digests
+
+    planned = (store.read_json(f"cells/{cell_id}/cell.json") or {}).get("digests")
+    now = manifest_digests(cell)
+    if planned is not None and planned != now:
+        changed = sorted(n for n in now if planned.get(n) != now[n])
+        raise ConfigError(
+            "data.manifest_dir",
+            f"cell {cell_id}: manifests changed since it was planned: {', '.join(changed)}",
+        )
+
+
+def error_line(err: BaseException) -> str:
+    """The last line of an error (a Ray task error carries the remote traceback before it)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    return (
+        last
+        if ": " in last and last.split(":")[0].isidentifier()
+        else (f"{type(err).__name__}: {last}")
+    )
+
+
+def _storage_path(store: ResultStore) -> str:
+    local = store.local_path("ray")
+    return local if local is not None else f"{store.uri.rstrip('/')}/ray"
+
+
+def connect(address: str | None, *, verbose: bool = False) -> bool:
+    """Join ``address`` (or RAY_ADDRESS), else start a local instance; True if we started one.
+
+    The local instance is started with ``address="local"``: a new one even when a
+    ``ray start`` cluster runs on this machine (``ray.init()`` without an address
+    would join that one, which has its own resources and owner). Its authentication
+    mode is chosen before ray is imported (``cli_study._local_ray_auth``).
+    """
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    common: dict[str, Any] = {
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.WARNING,
+        "configure_logging": True,
+    }
+    if address:
+        log.info("joining the Ray cluster at %s", address)
+        ray.init(address=address, **common)
+        return False
+    ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, **common)
+    return True
+
+
+def _quiet() -> None:
+    """Ray Tune's own console output: off (we print our own table). Its per-trial
+    result.json files stay, under ``<output_dir>/ray``, for debugging."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _check_shared_storage(store: ResultStore) -> None:
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and store.local_path() is not None:
+        log.warning(
+            "output_dir %s is a local path on a %d-node cluster: every node must see it "
+            "(a shared file system), or use a URI such as s3://… or gs://…",
+            store.uri,
+            len(nodes),
+        )
+
+
+def _tuner(
+    configs: dict[str, CellConfig],
+    store: ResultStore,
+    max_concurrent: int,
+    max_failures: int,
+    progress: _Progress,
+) -> tune.Tuner:
+    """One Tune experiment: a trial per cell, each with its cell's placement group."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _cell_trainable,
+            cells={i: to_dict(c) for i, c in configs.items()},
+            store_uri=store.uri,
+            env=env,
+        ),
+        resources=lambda config: placement(configs[config["cell_id"]]),
+    )
+    return tune.Tuner(
+        trainable,
+        param_space={"cell_id": tune.grid_search(list(configs))},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max_concurrent,
+            trial_name_creator=lambda t: t.config["cell_id"],
+            trial_dirname_creator=lambda t: t.config["cell_id"],
+            # a cell's process is reused by the next cell of the same shape: no
+            # second torch import (seconds per cell on a small machine)
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=time.strftime("run-%Y%m%d-%H%M%S"),
+            storage_path=_storage_path(store),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            callbacks=[progress],
+            verbose=0,
+        ),
+    )
+
+
+def _collect(
+    grid: Any, configs: dict[str, CellConfig], store: ResultStore, result: GridResult
+) -> None:
+    """Completed and failed cells of a finished experiment; failures get their row."""
+    for trial_result in grid:
+        cell_id = trial_result.config["cell_id"]
+        if trial_result.error is None and store.is_complete(cell_id):
+            result.completed.append(cell_id)
+            continue
+        err = trial_result.error
+        row = store.cell_row(cell_id) or {}
+        message = error_line(err) if err else row.get("error") or "finished without a row"
+        result.failed[cell_id] = message
+        store.write_failure(cell_id, configs[cell_id].row_fields(), message)
+
+
+def run_grid(
+    cells: Sequence[tuple[str, CellConfig]],
+    store: ResultStore,
+    *,
+    address: str | None = None,
+    max_concurrent: int = 0,
+    max_failures: int = 3,
+    on_progress: ProgressHook | None = None,
+    progress_interval_s: float = 10.0,
+    verbose: bool = False,
+) -> GridResult:
+    """Run ``cells`` (id, config) as one Tune experiment; returns what completed and failed."""
+    result = GridResult()
+    if not cells:
+        return result
+    _quiet()
+    started = connect(address, verbose=verbose)
+    t0 = time.monotonic()
+    try:
+        configs = {cell_id: cell for cell_id, cell in cells}
+        _check_shared_storage(store)
+        result.max_concurrent = concurrency(
+            list(configs.values()), ray.cluster_resources(), max_concurrent
+        )
+        progress = _Progress(on_progress, progress_interval_s)
+        tuner = _tuner(configs, store, result.max_concurrent, max_failures, progress)
+        log.info(
+            "running %d cells, up to %d at once, on %s",
+            len(configs),
+            result.max_concurrent,
+            address or os.environ.get("RAY_ADDRESS") or "a local Ray instance",
+        )
+        _collect(tuner.fit(), configs, store, result)
+        result.retries = dict(progress.retries)
+    finally:
+        result.wall_s = time.monotonic() - t0
+        if started:
+            ray.shutdown()
+    return result

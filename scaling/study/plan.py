@@ -1,0 +1,256 @@
+"""What a study will compute, before anything runs: cells, ids, images, epochs, FLOPs, GPU-hours.
+
+Ray-free and GPU-free (``mimscale plan``): manifests are read only for their
+Parquet footer (image count, digest), FLOPs come from torch's FlopCounterMode on
+the meta device (:mod:`scaling.model.flops`), so nothing is allocated. Where a
+manifest is not on disk yet, the image count falls back to the published size of
+the standard subset (marked approximate) and the cell id is pending.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from scaling.config.identity import cell_digests, cell_id, study_subsets
+from scaling.config.schema import CellConfig, StudyConfig
+
+log = logging.getLogger(__name__)
+
+H100_BF16_TFLOPS = 989.0
+"""Dense bf16 peak of an H100 SXM in TFLOP/s (the default throughput basis)."""
+DEFAULT_MFU = 0.40
+"""Model FLOPs utilization assumed by the GPU-hour estimate."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CellPlan:
+    """One row of ``mimscale plan``."""
+
+    cell_id: str | None
+    """None until every manifest the cell reads exists."""
+    model: str
+    params_m: float
+    data: str
+    images: int | None
+    images_exact: bool
+    iterations: int
+    batch_size: int
+    seed: int
+    mask_ratio: float
+    epochs: float | None
+    """Passes over the pre-training subset: iterations × batch / images."""
+    pretrain_flops: float
+    """FLOPs of the whole pre-training (forward + backward per image × batch × iterations)."""
+    gpu_hours: float
+    """pretrain_flops at the stated throughput."""
+    gpus: float
+    """GPUs the cell holds while it runs (workers × gpus per worker)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyPlan:
+    name: str
+    source: str
+    cells: tuple[CellPlan, ...]
+    mfu: float
+    peak_tflops: float
+    axes: dict[str, int]
+
+    @property
+    def total_flops(self) -> float:
+        return sum(c.pretrain_flops for c in self.cells)
+
+    @property
+    def total_gpu_hours(self) -> float:
+        return sum(c.gpu_hours for c in self.cells)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "study": self.name,
+            "source": self.source,
+            "assumption": {
+                "mfu": self.mfu,
+                "peak_tflops": self.peak_tflops,
+                "note": "gpu_hours = pretrain_flops / (mfu * peak_tflops * 1e12) / 3600; "
+                "pre-training only",
+            },
+            "axes": self.axes,
+            "cells": [asdict(c) for c in self.cells],
+            "total": {
+                "cells": len(self.cells),
+                "pretrain_flops": self.total_flops,
+                "gpu_hours": self.total_gpu_hours,
+            },
+        }
+
+
+def _cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mimscale" / "plan-cache.json"
+
+
+def _cached(kind: str, model: str, compute: Callable[[], float], *args: int) -> float:
+    """``compute()`` memoized on disk: FlopCounterMode over a SwinV2-G takes seconds.
+
+    The key holds the model's registry entry and the torch and timm versions, so a
+    changed size or library recomputes; an unwritable cache only costs the time.
+    """
+    from importlib.metadata import version
+
+    from scaling.model.sizes import MODEL_SIZES
+
+    key = json.dumps([kind, repr(MODEL_SIZES[model]), args, version("torch"), version("timm")])
+    key = hashlib.sha256(key.encode()).hexdigest()[:24]
+    path = _cache_file()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return float(cache[key])
+    value = compute()
+    cache[key] = value
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, sort_keys=True))
+        tmp.replace(path)
+    except OSError as err:
+        log.debug("plan cache not written: %s", err)
+    return value
+
+
+def _flops_per_image(model: str, image_size: int, mask_patch_size: int) -> float:
+    def compute() -> float:  # imports torch: only on a cache miss
+        from scaling.model.flops import pretrain_flops_per_image
+
+        return pretrain_flops_per_image(model, img_size=image_size, mask_patch_size=mask_patch_size)
+
+    return _cached("pretrain_flops_per_image", model, compute, image_size, mask_patch_size)
+
+
+def _params_m(model: str, image_size: int) -> float:
+    def compute() -> float:  # imports torch: only on a cache miss
+        from scaling.model.build import count_params_m
+
+        return count_params_m(model, image_size)
+
+    return _cached("params_m", model, compute, image_size)
+
+
+def pretrain_flops(cell: CellConfig) -> float:
+    """FLOPs of the cell's whole pre-training (also the grid's longest-first order)."""
+    p = cell.pretrain
+    per_image = _flops_per_image(cell.model, p.image_size, p.mask_patch_size)
+    return per_image * p.batch_size * cell.iterations
+
+
+def plan_study(
+    study: StudyConfig, *, mfu: float = DEFAULT_MFU, peak_tflops: float = H100_BF16_TFLOPS
+) -> StudyPlan:
+    subsets = study_subsets(study)
+    rows = []
+    for cell in study.cells():
+        p = cell.pretrain
+        digests = cell_digests(cell, subsets)
+        info = subsets[cell.data]
+        flops = pretrain_flops(cell)
+        rows.append(
+            CellPlan(
+                cell_id=None if digests is None else cell_id(cell, digests),
+                model=cell.model,
+                params_m=round(_params_m(cell.model, p.image_size), 3),
+                data=cell.data,
+                images=info.images,
+                images_exact=info.exact,
+                iterations=cell.iterations,
+                batch_size=p.batch_size,
+                seed=cell.seed,
+                mask_ratio=p.mask_ratio,
+                epochs=None if not info.images else cell.epochs_seen(info.images),
+                pretrain_flops=flops,
+                gpu_hours=flops / (mfu * peak_tflops * 1e12) / 3600,
+                gpus=cell.resources.gpus * cell.resources.workers,
+            )
+        )
+    g = study.grid
+    axes = {
+        "models": len(g.models),
+        "data": len(g.data),
+        "iterations": len(g.iterations),
+        "seeds": len(g.seeds),
+        "mask_ratios": len(g.mask_ratios) or 1,
+    }
+    return StudyPlan(
+        name=study.name,
+        source=study.source,
+        cells=tuple(rows),
+        mfu=mfu,
+        peak_tflops=peak_tflops,
+        axes=axes,
+    )
+
+
+def _si(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    for scale, prefix in (
+        (1e21, "Z"),
+        (1e18, "E"),
+        (1e15, "P"),
+        (1e12, "T"),
+        (1e9, "G"),
+        (1e6, "M"),
+    ):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def _short(value: float) -> str:
+    """Three significant digits below 100 (0.0123, 4.56), whole numbers above (12,345)."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def format_plan(plan: StudyPlan) -> str:
+    """The plan as a fixed-width table with totals and the throughput assumption."""
+    axes = " × ".join(f"{n} {k}" for k, n in plan.axes.items() if n > 1 or k == "models")
+    lines = [
+        f"study {plan.name} ({plan.source}): {len(plan.cells)} cells = {axes}",
+        f"GPU-hours assume {plan.mfu:.0%} MFU of {plan.peak_tflops:g} TFLOP/s per GPU "
+        "(H100 SXM dense bf16 by default; --mfu, --peak-tflops), pre-training only",
+        "",
+    ]
+    head = (
+        f"{'cell':<16}  {'model':<12} {'params_m':>8}  {'data':<14} {'images':>11} "
+        f"{'iterations':>10} {'batch':>5} {'epochs':>8} {'flops':>10} {'gpu_h':>9}"
+    )
+    lines += [head, "-" * len(head)]
+    for c in plan.cells:
+        images = "-" if c.images is None else f"{'' if c.images_exact else '~'}{c.images:,}"
+        epochs = "-" if c.epochs is None else _short(c.epochs)
+        gpu_h = _short(c.gpu_hours)
+        lines.append(
+            f"{c.cell_id or 'pending-manifest':<16}  {c.model:<12} {c.params_m:>8.1f}  "
+            f"{c.data:<14} {images:>11} {c.iterations:>10} {c.batch_size:>5} {epochs:>8} "
+            f"{_si(c.pretrain_flops, 'FLOP'):>10} {gpu_h:>9}"
+        )
+    lines.append("-" * len(head))
+    total_h = plan.total_gpu_hours
+    lines.append(
+        f"total: {len(plan.cells)} cells, {_si(plan.total_flops, 'FLOP')} pre-training, "
+        f"{_short(total_h)} GPU-hours ({_short(total_h / 24)} GPU-days)"
+    )
+    if any(not c.images_exact for c in plan.cells):
+        lines.append(
+            "~ image count estimated from the standard subset size (no manifest on disk); "
+            "pending-manifest: the cell id needs the manifests' digests"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,265 @@
+"""``mimscale plan | run | status STUDY``: a study from its TOML file to its results.
+
+``plan`` prints every cell with its derived quantities (no Ray, no GPU);
+``run`` validates, prepares the data, runs the cells that are not complete on
+Ray Tune, then writes the union tables and the report; ``status`` prints the
+table of cells from the store. Nothing heavy is imported at module level, so
+``mimscale --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Collection
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scaling.config.schema import StudyConfig
+    from scaling.study.preflight import RunSet
+    from scaling.study.store import ResultStore
+
+log = logging.getLogger(__name__)
+
+COMPACT_OVER = 24
+"""While a grid runs, a study with more cells lists only the ones in flight."""
+
+
+def _study_parser(
+    sub: argparse._SubParsersAction, name: str, help_: str, description: str
+) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_, description=description)
+    p.add_argument("study", type=Path, help="study file (studies/*.toml)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a study key, e.g. --set pretrain.batch_size=1024 (repeatable)",
+    )
+    return p
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = _study_parser(
+        sub,
+        "plan",
+        "print every cell of a study with params, images, epochs, FLOPs, GPU-hours",
+        "Validate a study and print its cells and totals, without Ray and without a GPU. "
+        "FLOPs come from torch's FlopCounterMode on the meta device; GPU-hours assume "
+        "the stated utilization of the stated peak.",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--mfu", type=float, default=None, help="assumed MFU (default 0.40)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="peak TFLOP/s per GPU (default 989, an H100 SXM's dense bf16)",
+    )
+    p.set_defaults(func=plan_command)
+    _register_run(sub)
+    p = _study_parser(
+        sub,
+        "status",
+        "print the cells of a study: done, running, stopped, failed, pending",
+        "Print the state of every cell of a study from its results store, with the latest "
+        "validation loss; runs nothing.",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=status_command)
+
+
+def _register_run(sub: argparse._SubParsersAction) -> None:
+    p = _study_parser(
+        sub,
+        "run",
+        "run a study's grid on Ray (resumes; a grown study runs only its new cells)",
+        "Validate the study, build the demo data if it asks for it, run every cell that is "
+        "not complete as a Ray Tune trial, then write cells.parquet, curves.parquet and the "
+        "report under output_dir.",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="join this Ray cluster (default: RAY_ADDRESS, else start a local instance)",
+    )
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds between progress tables (default 10)",
+    )
+    p.add_argument("--no-report", action="store_true", help="skip the analysis report")
+    p.set_defaults(func=run_command)
+
+
+def _load(args: argparse.Namespace) -> StudyConfig:
+    from scaling.config.load import load_study
+
+    return load_study(args.study, args.overrides)
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    from scaling.errors import UsageError
+    from scaling.study.plan import DEFAULT_MFU, H100_BF16_TFLOPS, format_plan, plan_study
+
+    mfu = DEFAULT_MFU if args.mfu is None else args.mfu
+    peak = H100_BF16_TFLOPS if args.peak_tflops is None else args.peak_tflops
+    if not 0 < mfu <= 1 or peak <= 0:
+        raise UsageError("--mfu must be in (0, 1] and --peak-tflops > 0")
+    plan = plan_study(_load(args), mfu=mfu, peak_tflops=peak)
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+    else:
+        print(format_plan(plan))
+    return 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from scaling.config.identity import cell_digests, cell_id, study_subsets
+    from scaling.study.status import format_status, study_status
+    from scaling.study.store import ResultStore
+
+    study = _load(args)
+    subsets = study_subsets(study)
+    missing = sorted(n for n, s in subsets.items() if s.digest is None)
+    cells = [
+        (cell_id(study_cell, d), study_cell)
+        for study_cell in study.cells()
+        if (d := cell_digests(study_cell, subsets)) is not None
+    ]
+    rows = study_status(ResultStore(study.output_dir), cells)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "study": study.name,
+                    "cells": [asdict(r) for r in rows],
+                    "missing_manifests": missing,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"study {study.name} → {study.output_dir}")
+    if missing:
+        print(
+            f"{len(study.cells()) - len(cells)} cells have no id yet: missing manifests "
+            f"{', '.join(missing)}"
+        )
+    print(format_status(rows))
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from scaling.study.preflight import prepare_run, write_study_record
+    from scaling.study.status import format_status, study_status, summary
+    from scaling.study.store import ResultStore
+
+    study = _load(args)
+    store = ResultStore(study.output_dir)
+    run = prepare_run(study, store)  # every check before the first write
+    print(
+        f"study {study.name}: {len(run.cells)} cells, {len(run.done)} complete, "
+        f"{len(run.todo)} to run → {study.output_dir}",
+        flush=True,
+    )
+    write_study_record(store, study, run)
+    failed = _run_grid(args, study, store, run) if run.todo else {}
+    store.consolidate([c.cell_id for c in run.cells])
+    rows = study_status(store, [(c.cell_id, c.cell) for c in run.cells], running=())
+    print(format_status(rows), flush=True)
+    if not args.no_report:
+        _write_report(study.output_dir)
+    print(f"{summary(rows)} → {study.output_dir}", flush=True)
+    for cell_id, err in failed.items():
+        print(f"error: cell {cell_id} failed: {err}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _run_grid(
+    args: argparse.Namespace, study: StudyConfig, store: ResultStore, run: RunSet
+) -> dict[str, str]:
+    _local_ray_auth(args.address)
+    from scaling.study.grid import run_grid  # imports ray
+    from scaling.study.plan import pretrain_flops
+    from scaling.study.status import format_status, study_status
+
+    pairs = [(c.cell_id, c.cell) for c in run.cells]
+    by_id = run.by_id()
+    # longest first, so that no long cell starts last and leaves the others idle
+    todo = sorted(run.todo, key=lambda i: pretrain_flops(by_id[i].cell), reverse=True)
+
+    def on_progress(running: Collection[str]) -> None:
+        rows = study_status(store, pairs, running)
+        print(format_status(rows, compact_over=COMPACT_OVER), flush=True)
+
+    result = run_grid(
+        [(i, by_id[i].cell) for i in todo],
+        store,
+        address=args.address,
+        max_concurrent=study.resources.max_concurrent,
+        max_failures=study.resources.max_failures,
+        on_progress=on_progress,
+        progress_interval_s=args.progress_interval,
+        verbose=bool(getattr(args, "verbose", False)),
+    )
+    print(
+        f"grid: {len(result.completed)} completed, {len(result.failed)} failed, "
+        f"{sum(result.retries.values())} retries, {result.wall_s:.0f} s "
+        f"(up to {result.max_concurrent} cells at once)",
+        flush=True,
+    )
+    return result.failed
+
+
+def _local_ray_auth(address: str | None) -> None:
+    """Choose token authentication for the local Ray instance that ``run`` starts.
+
+    Since Ray 2.59 a local instance started by ``ray.init()`` uses token
+    authentication by default (a shared secret in ``~/.ray/auth_token``, generated
+    when missing) and, while ``RAY_AUTH_MODE`` is unset, says so on every start:
+    "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled
+    to opt out". Token authentication is right for us: the instance listens on the
+    node's address, and without it anyone who reaches it can run code there. So we
+    choose it explicitly with Ray's documented switch, ``RAY_AUTH_MODE=token``: the
+    same cluster as Ray's default, without the notice. Opting out would silence it
+    too, at the cost of that protection, and is left to the user.
+
+    Nothing is set when the user set ``RAY_AUTH_MODE`` (their choice stands) or joins
+    a cluster (``--address`` / ``RAY_ADDRESS``: its owner decides; ``grid.connect``
+    makes the same local-or-join decision). Ray reads ``RAY_AUTH_MODE`` once, when it
+    is imported; set after that, the driver would not send the token that its own
+    cluster then demands and ``ray.init`` fails. So this runs before the first
+    ``import ray`` and does nothing if ray is already loaded (Ray's default, with
+    its notice, applies then).
+    """
+    if address or os.environ.get("RAY_ADDRESS") or "RAY_AUTH_MODE" in os.environ:
+        return
+    if "ray" in sys.modules:
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _write_report(output_dir: str) -> None:
+    try:
+        from analysis import write_report  # type: ignore[attr-defined]
+    except ImportError:
+        log.info("no analysis report yet (analysis.write_report is not installed)")
+        return
+    out = f"{output_dir.rstrip('/')}/report"
+    try:
+        path = write_report(output_dir, out)
+    except Exception as err:  # the grid's results stand without the report
+        print(f"warning: the report failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return
+    print(f"report → {path or out}", flush=True)

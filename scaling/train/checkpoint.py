@@ -1,0 +1,49 @@
+"""Checkpoints as bytes: one ``torch.save`` blob (the cell writes it atomically to its store).
+
+A checkpoint holds everything that makes resume exact: model and optimizer
+state, the step (the sampler resumes from it), the curves so far, the grad
+scaler, and the RNG states of torch (drop path draws from it) and CUDA.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    """``state`` and this process's RNG states as one ``torch.save`` blob."""
+    buf = io.BytesIO()
+    torch.save({**state, "rng": rng_state()}, buf)
+    return buf.getvalue()
+
+
+def read_checkpoint(data: bytes, name: str) -> dict[str, Any]:
+    """A checkpoint blob back as a dict (on the CPU); ``name`` is for the log."""
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    log.info("resuming from %s at step %d", name, state.get("step", -1))
+    return state
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under DDP and torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)

@@ -1,0 +1,161 @@
+"""``mimscale plan``: every cell with params, images, epochs, FLOPs, GPU-hours; no Ray, no GPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from study_helpers import REPO, tiny_tables, write_study
+
+from scaling.cli import main
+from scaling.config.identity import KNOWN_IMAGES, estimate_images, manifest_digests
+from scaling.config.identity import cell_id as id_of
+from scaling.config.load import load_study
+from scaling.study.plan import format_plan, plan_study
+
+PAPER = REPO / "studies" / "paper.toml"
+
+
+@pytest.fixture(scope="module")
+def paper_plan():
+    return plan_study(load_study(PAPER))
+
+
+def test_paper_study_lists_all_75_cells(paper_plan) -> None:
+    cells = paper_plan.cells
+    assert len(cells) == 75
+    assert {c.model for c in cells} == {f"swinv2-{s}" for s in "sblhg"}
+    assert {c.data for c in cells} == {
+        "in1k-10pct",
+        "in1k-20pct",
+        "in1k-50pct",
+        "in1k-100pct",
+        "in22k",
+    }
+    assert {c.iterations for c in cells} == {125_000, 250_000, 500_000}
+    assert len({(c.model, c.data, c.iterations) for c in cells}) == 75
+    assert all(c.batch_size == 2048 for c in cells)
+
+
+def test_paper_plan_derived_quantities(paper_plan) -> None:
+    by = {(c.model, c.data, c.iterations): c for c in paper_plan.cells}
+    # the paper's backbone sizes
+    for model, params in [("swinv2-s", 49.0), ("swinv2-b", 86.9), ("swinv2-g", 1061.0)]:
+        assert by[(model, "in22k", 125_000)].params_m == pytest.approx(params, rel=0.005)
+    full = by[("swinv2-b", "in1k-100pct", 500_000)]
+    assert full.images == 1_281_167 and not full.images_exact
+    assert full.cell_id is None  # no manifests here: pending
+    assert full.epochs == pytest.approx(500_000 * 2048 / 1_281_167)  # ≈ 800 epochs
+    tenth = by[("swinv2-b", "in1k-10pct", 500_000)]
+    assert tenth.epochs == pytest.approx(full.epochs * 10, rel=1e-4)
+    # FLOPs scale with iterations and grow with the model; GPU-hours follow the stated MFU
+    s, b = by[("swinv2-s", "in22k", 125_000)], by[("swinv2-b", "in22k", 125_000)]
+    assert by[("swinv2-s", "in22k", 250_000)].pretrain_flops == pytest.approx(2 * s.pretrain_flops)
+    assert b.pretrain_flops > s.pretrain_flops
+    assert s.gpu_hours == pytest.approx(s.pretrain_flops / (0.4 * 989e12) / 3600)
+    # SwinV2-S at 192 px: about 13 GFLOPs forward, ×3 with the backward
+    assert 25e9 < s.pretrain_flops / (2048 * 125_000) < 60e9
+    assert paper_plan.total_flops == pytest.approx(sum(c.pretrain_flops for c in paper_plan.cells))
+    text = format_plan(paper_plan)
+    assert "75 cells = 5 models × 5 data × 3 iterations" in text
+    assert "40% MFU of 989 TFLOP/s" in text
+    assert text.count("pending-manifest") >= 75
+
+
+def test_estimates_of_standard_subsets() -> None:
+    assert estimate_images("in1k-100pct") == KNOWN_IMAGES["in1k-100pct"] == 1_281_167
+    assert estimate_images("in1k-10pct") == 128_117
+    assert estimate_images("in1k-12.5pct") == round(1_281_167 * 0.125)
+    assert estimate_images("in1k-val") == 50_000
+    assert estimate_images("places-10pct") is None
+    assert estimate_images("something") is None
+
+
+def test_plan_json_and_mfu_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(PAPER), "--json", "--mfu", "0.5", "--peak-tflops", "1000"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["total"]["cells"] == 75 == len(out["cells"])
+    assert out["assumption"]["mfu"] == 0.5 and out["assumption"]["peak_tflops"] == 1000
+    cell = out["cells"][0]
+    assert set(cell) >= {"cell_id", "model", "params_m", "data", "images", "iterations"}
+    assert cell["gpu_hours"] == pytest.approx(cell["pretrain_flops"] / 0.5e15 / 3600)
+    assert out["total"]["gpu_hours"] == pytest.approx(sum(c["gpu_hours"] for c in out["cells"]))
+
+
+def test_plan_overrides_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(PAPER), "--json", "--set", "grid.iterations=[1000]"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["cells"]) == 25
+    assert main(["plan", str(PAPER), "--mfu", "1.5"]) == 2
+    assert "error: --mfu must be in (0, 1]" in capsys.readouterr().err
+    assert main(["plan", str(PAPER), "--set", "pretrain.mask_ratio=1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "paper.toml:" in err and "pretrain.mask_ratio: must be in (0, 1), got 1.5" in err
+
+
+def test_plan_with_manifests_gives_ids_and_exact_counts(tmp_path: Path, demo_dir: Path) -> None:
+    data = demo_dir
+    study = load_study(
+        write_study(
+            tmp_path / "s.toml",
+            tiny_tables(
+                data,
+                tmp_path / "out",
+                grid={"data": ["demo-25pct", "demo-100pct"], "iterations": [8, 16]},
+            ),
+        )
+    )
+    plan = plan_study(study)
+    assert len(plan.cells) == 4
+    for planned, cell in zip(plan.cells, study.cells(), strict=True):
+        assert planned.images_exact
+        # the same id as `mimscale trial` computes for the cell
+        assert planned.cell_id == id_of(cell, manifest_digests(cell))
+    small, full = plan.cells[0], plan.cells[2]
+    assert full.images == 1527 and small.images < full.images
+    assert small.epochs == pytest.approx(8 * 8 / small.images)
+    assert not (tmp_path / "out").exists()  # plan writes nothing
+
+
+def test_plan_imports_neither_ray_nor_cuda() -> None:
+    code = (
+        "import sys; from scaling.cli import main; "
+        f"rc = main(['plan', {str(PAPER)!r}, '--set', 'grid.models=[\"swinv2-s\"]']); "
+        "assert rc == 0; assert 'ray' not in sys.modules, 'ray imported'; "
+        "import torch; assert not torch.cuda.is_initialized()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "15 cells" in proc.stdout
+
+
+def test_flops_and_params_are_cached_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scaling.model.build
+    import scaling.model.flops
+    from scaling.study import plan
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    direct = scaling.model.flops.pretrain_flops_per_image(
+        "swinv2-nano", img_size=32, mask_patch_size=8
+    )
+    assert plan._flops_per_image("swinv2-nano", 32, 8) == direct
+    assert plan._params_m("swinv2-nano", 32) == scaling.model.build.count_params_m(
+        "swinv2-nano", 32
+    )
+    assert (tmp_path / "cache" / "mimscale" / "plan-cache.json").is_file()
+
+    def boom(*args: object, **kwargs: object) -> float:
+        raise AssertionError("recomputed despite the cache")
+
+    monkeypatch.setattr(scaling.model.flops, "pretrain_flops_per_image", boom)
+    monkeypatch.setattr(scaling.model.build, "count_params_m", boom)
+    assert plan._flops_per_image("swinv2-nano", 32, 8) == direct
+    assert plan._params_m("swinv2-nano", 32) > 1.0
+    with pytest.raises(AssertionError, match="recomputed"):
+        plan._flops_per_image("swinv2-nano", 64, 8)  # another size: not cached
