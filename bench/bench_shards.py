@@ -1,0 +1,211 @@
+"""Bench: packed shards vs one file per image, side by side, same images, one process.
+
+Images/s of one core (one process, one thread: what one data-loader worker delivers),
+for two pipelines over the same ImageNet-sized JPEGs (~330–500 px, quality 90):
+
+* ``bytes``: the encoded bytes only (the storage cost);
+* ``decode``: bytes + the pre-training sample (header, RandomResizedCrop box, reduced-
+  size DCT decode, resize to 192 px, flip): the training data path of one image.
+
+and three storages:
+
+* ``local``: local disk, files in the page cache (as after the first epoch);
+* ``local-cold``: local disk, every file and shard evicted from the page cache first
+  (``posix_fadvise(DONTNEED)``);
+* ``slow``: storage adding ``--delay-ms`` (default 5) per open and per read, like NFS
+  or an object store: per-file pays an open and a read per image, the pack one ranged
+  read per block (:mod:`subsets.slowfs`);
+* ``s3`` (with ``--s3``): a local S3 server (moto), one object per image vs the pack.
+
+The per-file path reads in epoch order (a random permutation); the pack path in the
+shard-aware epoch order with a 4-block window, through :class:`subsets.packview.PackView`
+(what the training loaders use).
+
+    .venv/bin/python bench/bench_shards.py [--images 3000] [--delay-ms 5] [--repeat 2] [--s3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_subsets_common import CACHE
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_set(folder: Path, images: int) -> Path:
+    """``folder/train/<wnid>/*.JPEG`` (ImageNet-sized), a manifest and its pack; once."""
+    import simplejpeg
+    from PIL import Image
+
+    marker = folder / f".complete-{images}"
+    if marker.is_file():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    rng = np.random.default_rng(0)
+    canvases = []
+    for _ in range(8):
+        coarse = rng.integers(0, 256, (60, 70, 3), dtype=np.uint8)
+        canvases.append(np.asarray(Image.fromarray(coarse).resize((700, 600), Image.BICUBIC)))
+    for i in range(images):
+        wnid = f"n{10_000_000 + i % 100:08d}"
+        h, w = int(rng.integers(330, 501)), int(rng.integers(400, 501))
+        y, x = int(rng.integers(0, 600 - h)), int(rng.integers(0, 700 - w))
+        crop = np.ascontiguousarray(canvases[i % 8][y : y + h, x : x + w])
+        path = folder / "train" / wnid / f"{wnid}_{i}.JPEG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(simplejpeg.encode_jpeg(crop, quality=90))
+    cli = [sys.executable, "-m", "scaling", "subsets"]
+    subprocess.run([*cli, "build", "--train", str(folder / "train"), "--source-kind",
+                    "folder", "--out", str(folder / "manifests")], cwd=ROOT, check=True,
+                   capture_output=True)  # fmt: skip
+    subprocess.run([*cli, "pack", str(folder / "manifests" / "folder-100pct.parquet"),
+                    "--root", str(folder), "--out", str(folder / "pack"), "--shard-size",
+                    "256M"], cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+    marker.touch()
+    return folder
+
+
+def evict(paths: list[Path]) -> None:
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+
+def sample(data: bytes, rng: random.Random) -> object:
+    """The pre-training sample of one image (scaling.data's fast decode path)."""
+    from scaling.data.decode import EncodedImage, random_resized_crop_box
+
+    image = EncodedImage(data)
+    box = random_resized_crop_box(rng, image.height, image.width, (0.67, 1.0), (3 / 4, 4 / 3))
+    return image.crop_resize(box, (192, 192), flip=rng.random() < 0.5)
+
+
+def timed(read: Callable[[int], bytes], order: np.ndarray, decode: bool, limit_s: float):
+    """Images/s reading (and decoding) rows in ``order`` for up to ``limit_s`` seconds."""
+    rng = random.Random(0)
+    start = time.perf_counter()
+    done = 0
+    for j in order.tolist():
+        data = read(j)
+        if decode:
+            sample(data, rng)
+        done += 1
+        if done % 64 == 0 and time.perf_counter() - start > limit_s:
+            break
+    return done / (time.perf_counter() - start)
+
+
+def s3_storage(folder: Path, paths: list[str], keys: np.ndarray):
+    """Images and the pack uploaded to a local moto S3 server: (per-file reader, view)."""
+    import boto3
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    from subsets.packview import PackView
+    from subsets.shards import open_pack
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+    )  # fmt: skip
+    boto3.client("s3").create_bucket(Bucket="bench")
+    s3, _ = pafs.FileSystem.from_uri("s3://bench")
+    pafs.copy_files(str(folder / "train"), "bench/train", destination_filesystem=s3)
+    pafs.copy_files(str(folder / "pack"), "bench/pack", destination_filesystem=s3)
+    objects = [f"bench/{Path(p).relative_to(folder)}" for p in paths]
+
+    def get(j: int) -> bytes:
+        with s3.open_input_stream(objects[j]) as fh:
+            return fh.read()
+
+    return get, lambda: PackView(open_pack("s3://bench/pack"), keys, "folder-100pct")
+
+
+def storages(folder: Path, args: argparse.Namespace):
+    """(name, per-file reader, pack view factory, before-run hook) per storage."""
+    from subsets.manifest import read_manifest
+    from subsets.packview import PackView
+    from subsets.shards import open_pack
+    from subsets.slowfs import Counts, latency_filesystem, open_file
+
+    table, _ = read_manifest(folder / "manifests" / "folder-100pct.parquet", ["path", "key"])
+    paths = [str(folder / p) for p in table.column("path").to_pylist()]
+    keys = table.column("key").to_numpy()
+    shards = sorted((folder / "pack").glob("*.parquet"))
+
+    def local_file(j: int) -> bytes:
+        with open(paths[j], "rb") as fh:
+            return fh.read()
+
+    def view(fs=None) -> PackView:
+        return PackView(open_pack(str(folder / "pack"), fs), keys, "folder-100pct")
+
+    delay = args.delay_ms / 1000
+    counts = Counts()
+    slow_fs, _ = latency_filesystem(delay)
+    yield "local", local_file, view, lambda: None
+    yield "local-cold", local_file, view, lambda: evict([Path(p) for p in paths] + shards)
+    yield (
+        f"slow ({args.delay_ms:g} ms)",
+        lambda j: open_file(paths[j], delay, counts),
+        (lambda: view(slow_fs)),
+        lambda: None,
+    )
+    if args.s3:
+        get, s3_view = s3_storage(folder, paths, keys)
+        yield "s3 (moto)", get, s3_view, lambda: None
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    torch.set_num_threads(1)  # one core: what one data-loader worker has
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--delay-ms", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=6.0, help="time limit per run")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per cell (best kept)")
+    parser.add_argument("--s3", action="store_true", help="also a local S3 server (moto)")
+    args = parser.parse_args(argv)
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    folder = make_set(CACHE / "shards-bench", args.images)
+    order = np.random.default_rng(0).permutation(args.images)
+    print(f"{'storage':<16}{'pipeline':<9}{'per-file img/s':>16}{'pack img/s':>12}{'ratio':>8}")
+    for name, read_file, make_view, before in storages(folder, args):
+        for decode in (False, True):
+            per_file = packed = 0.0
+            for _ in range(args.repeat):  # alternate, so load changes hit both alike
+                before()
+                per_file = max(per_file, timed(read_file, order, decode, args.seconds))
+                before()
+                view = make_view()
+                packed = max(packed, timed(view.read, view.epoch_order(0, 0), decode, args.seconds))
+            kind = "decode" if decode else "bytes"
+            print(
+                f"{name:<16}{kind:<9}{per_file:>16,.0f}{packed:>12,.0f}{packed / per_file:>7.1f}×"
+            )
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
