@@ -15,7 +15,9 @@ k×k window (``norm_target``, k = 47 in the released SwinV2 config).
 
 The encoder is timm's, unmodified; its family record
 (:class:`~scaling.model.family.Family`) says how to split it into "embed" (patch
-embedding) and "encode" (the rest).
+embedding) and "encode" (the rest), and "encode" into activation-checkpointing
+regions (``checkpointing``: per block or per stage, exact — see
+:func:`~scaling.model.family.run_segments`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch import nn
 
 from scaling.errors import ModelError
 from scaling.model.build import create_encoder
-from scaling.model.family import Family
+from scaling.model.family import Family, check_checkpointing
 from scaling.model.sizes import FAMILIES, get_spec
 
 
@@ -75,7 +77,8 @@ class SimMIM(nn.Module):
     """A timm encoder with a mask token, SimMIM's linear decoder and its masked L1 loss.
 
     ``encoder_stride`` and ``patch_size`` default to the encoder's own (SwinV2:
-    patch × 2^(stages − 1); ViT: the patch).
+    patch × 2^(stages − 1); ViT: the patch). ``checkpointing`` (``none``, ``block``,
+    ``stage``) trades a second forward of the encoder for its activation memory.
     """
 
     def __init__(
@@ -87,9 +90,12 @@ class SimMIM(nn.Module):
         in_chans: int = 3,
         norm_target: bool = False,
         norm_target_window: int = 47,
+        checkpointing: str = "none",
     ) -> None:
         super().__init__()
         family = _family_of(encoder)
+        check_checkpointing(checkpointing, "pretrain.activation_checkpointing")
+        self.checkpointing = checkpointing
         self._embed, self._encode = family.embed, family.encode
         if norm_target and norm_target_window % 2 != 1:
             raise ModelError(f"pretrain.norm_target_window: must be odd, got {norm_target_window}")
@@ -120,7 +126,8 @@ class SimMIM(nn.Module):
 
     def reconstruct(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The decoder's prediction of every pixel: (B, 3, H, W)."""
-        features = self._encode(self.encoder, self.embed(images, mask))  # (B, C, H/s, W/s)
+        tokens = self.embed(images, mask)
+        features = self._encode(self.encoder, tokens, self.checkpointing)  # (B, C, H/s, W/s)
         return self.decoder(features)  # (B, s²·3, H/s, W/s) → (B, 3, H, W)
 
     def loss(
@@ -143,6 +150,7 @@ def build_simmim(
     drop_path_rate: float = 0.0,
     norm_target: bool = False,
     norm_target_window: int = 47,
+    checkpointing: str = "none",
 ) -> SimMIM:
     """SimMIM around the registered encoder ``name`` (see ``scaling.model.sizes.MODEL_SIZES``)."""
     spec = get_spec(name)
@@ -152,4 +160,5 @@ def build_simmim(
         patch_size=spec.patch_size,
         norm_target=norm_target,
         norm_target_window=norm_target_window,
+        checkpointing=checkpointing,
     )

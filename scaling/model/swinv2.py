@@ -7,8 +7,9 @@ larger than its stage's grid to the grid, and a grid larger than the window must
 tile into whole windows (timm would pad silently, so that is refused here).
 Fine-tuning at a larger image grows the window with it (192/12 → 224/14) and sets
 ``pretrained_window_sizes`` to pre-training's windows, so the log-spaced continuous
-position bias MLP transfers (the released 192 → 224 config). torch and timm are
-imported inside the functions only.
+position bias MLP transfers (the released 192 → 224 config). Activation
+checkpointing regions: a block (the patch merging rides with its stage's first
+block) or a whole stage. torch and timm are imported inside the functions only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from scaling.errors import ModelError
-from scaling.model.family import Family
+from scaling.model.family import Family, Segment, chain, run_segments
 
 if TYPE_CHECKING:
     from scaling.model.sizes import ModelSpec
@@ -101,8 +102,29 @@ def _embed(encoder: Any, images: Any) -> Any:
     return encoder.patch_embed(images)  # (B, 3, H, W) → (B, H/p, W/p, C), NHWC in timm 1.x
 
 
-def _encode(encoder: Any, tokens: Any) -> Any:
-    x = encoder.norm(encoder.layers(tokens))  # (B, H/s, W/s, C')
+def _blocks(encoder: Any) -> list[Segment]:
+    """One region per block; a stage's patch merging runs in its first block's region."""
+    segments: list[Segment] = []
+    for stage in encoder.layers:
+        first, *rest = stage.blocks
+        segments += [chain([stage.downsample, first]), *rest]
+    return segments
+
+
+_SEGMENTS = {
+    "none": lambda encoder: [encoder.layers],  # timm's own set_grad_checkpointing still applies
+    "block": _blocks,
+    "stage": lambda encoder: list(encoder.layers),  # downsample + blocks of each stage
+}
+
+
+def _segments(encoder: Any, mode: str) -> list[Segment]:
+    return _SEGMENTS[mode](encoder)
+
+
+def _encode(encoder: Any, tokens: Any, checkpointing: str = "none") -> Any:
+    # (B, H/p, W/p, C) → stages → (B, H/s, W/s, C')
+    x = encoder.norm(run_segments(_segments(encoder, checkpointing), tokens, checkpointing))
     return x.permute(0, 3, 1, 2)  # (B, C', H/s, W/s), channels-last in memory
 
 
@@ -117,4 +139,5 @@ FAMILY = Family(
     encoder_type=_encoder_type,
     embed=_embed,
     encode=_encode,
+    segments=_segments,
 )

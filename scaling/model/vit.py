@@ -5,15 +5,20 @@ the final features is the patch and their width the embedding width. The final
 norm stays on every token (``fc_norm=False``: SimMIM reconstructs from the normed
 patch tokens, and fine-tuning mean-pools those same tokens, so both phases share
 one state-dict layout). Fine-tuning at another resolution resamples the position
-embedding (bicubic on the token grid). torch and timm are imported inside the
-functions only.
+embedding (bicubic on the token grid). Activation checkpointing regions: a block,
+or for ``stage`` (a ViT has one) four near-equal runs of blocks. torch and timm are
+imported inside the functions only.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
-from scaling.model.family import Family
+from scaling.model.family import Family, Segment, chain, run_segments
+
+STAGE_RUNS = 4
+"""Checkpoint regions of a ViT under ``stage``: runs of about depth/4 blocks."""
 
 if TYPE_CHECKING:
     from scaling.model.sizes import ModelSpec
@@ -46,16 +51,30 @@ def _embed(encoder: Any, images: Any) -> Any:
     return encoder.patch_embed(images)  # (B, 3, H, W) → (B, L, C), L = (H/p)·(W/p)
 
 
-def _encode(encoder: Any, tokens: Any) -> Any:
-    import torch
-    from timm.models import checkpoint_seq
+def _runs(encoder: Any) -> list[Segment]:
+    blocks = list(encoder.blocks)
+    k = min(STAGE_RUNS, len(blocks))
+    bounds = [round(i * len(blocks) / k) for i in range(k + 1)]
+    return [chain(blocks[a:b]) for a, b in itertools.pairwise(bounds)]
 
+
+_SEGMENTS = {
+    "none": lambda encoder: [encoder.blocks],
+    "block": lambda encoder: list(encoder.blocks),
+    "stage": _runs,
+}
+
+
+def _segments(encoder: Any, mode: str) -> list[Segment]:
+    return _SEGMENTS[mode](encoder)
+
+
+def _encode(encoder: Any, tokens: Any, checkpointing: str = "none") -> Any:
+    if checkpointing == "none" and encoder.grad_checkpointing:  # timm's set_grad_checkpointing()
+        checkpointing = "block"
     x = encoder._pos_embed(tokens)  # prepend the class token, add positions: (B, 1 + L, C)
     x = encoder.norm_pre(encoder.patch_drop(x))
-    if encoder.grad_checkpointing and torch.is_grad_enabled():  # set_grad_checkpointing()
-        x = checkpoint_seq(encoder.blocks, x)
-    else:
-        x = encoder.blocks(x)
+    x = run_segments(_segments(encoder, checkpointing), x, checkpointing)
     x = encoder.norm(x)
     x = x[:, encoder.num_prefix_tokens :]  # (B, L, C)
     h, w = encoder.patch_embed.grid_size
@@ -86,5 +105,6 @@ FAMILY = Family(
     encoder_type=_encoder_type,
     embed=_embed,
     encode=_encode,
+    segments=_segments,
     adapt_state=_adapt_state,
 )
