@@ -1,11 +1,14 @@
 """Image decoding and cropping: libjpeg-turbo with reduced-size DCT, PIL for the rest.
 
-The pre-training crop is chosen from the JPEG header *before* decoding, so the
+Two decode modes (:data:`DECODE_MODES`). ``fast``: the pre-training crop is chosen
+from the JPEG header *before* decoding, so the
 decoder can scale by 1/2, 1/4 or 1/8 in the inverse DCT whenever the crop, at that
 scale, still covers the output size; the crop is then resized with torch's uint8
 antialiased bilinear kernel (the same filter as PIL's, several times faster).
 Anything simplejpeg rejects — PNG, WebP, CMYK JPEGs, JPEGs with recoverable
-errors — goes through PIL. The result is always RGB.
+errors — goes through PIL. ``exact``: a full decode with PIL and the crop resized by
+PIL's bilinear filter, which is what torchvision's ``RandomResizedCrop`` does to the PIL
+images of the released SimMIM code. The result is always RGB.
 
 A crop box is ``(top, left, height, width)`` in pixels of the full-size image.
 """
@@ -80,6 +83,36 @@ class EncodedImage:
         if flip:
             out = out.flip(-1)
         return out.contiguous()
+
+    def crop_resize_exact(
+        self, box: Box, size: tuple[int, int], *, flip: bool = False
+    ) -> torch.Tensor:
+        """The released SimMIM transform of ``box``: a full-size PIL decode, then
+        torchvision's ``RandomResizedCrop`` on a PIL image (crop, bilinear resize) and
+        ``RandomHorizontalFlip``: (3, h, w) uint8, pixel for pixel what it gives."""
+        top, left, box_h, box_w = box
+        image = Image.open(io.BytesIO(self.data)).convert("RGB")
+        image = image.crop((left, top, left + box_w, top + box_h))
+        image = image.resize((size[1], size[0]), Image.BILINEAR)
+        if flip:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
+
+
+DECODE_MODES = {
+    "fast": EncodedImage.crop_resize,
+    "exact": EncodedImage.crop_resize_exact,
+}
+"""How a crop becomes pixels: ``fast`` (reduced-size DCT decode, torch's antialiased
+bilinear resize) or ``exact`` (full decode and PIL's bilinear resize, as the released
+SimMIM code). Fast mode differs by a few grey levels on average."""
+
+
+def crop_function(decode: str):
+    """The crop-and-resize of decode mode ``decode``; ValueError listing the modes."""
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode: unknown mode {decode!r}; valid: {', '.join(DECODE_MODES)}")
+    return DECODE_MODES[decode]
 
 
 def _snap(coordinate: int, factor: int) -> int:

@@ -24,7 +24,6 @@ Mixup draws from numpy's global RNG; :class:`SeededMixup` seeds it per step the 
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ import torch
 from timm.data import Mixup, create_transform
 from torch.utils.data import Dataset
 
-from scaling.data.decode import read_image
+from scaling.data.decode import EncodedImage
 from scaling.data.manifest import (
     BadImageCounter,
     BadReport,
@@ -46,6 +45,7 @@ from scaling.data.manifest import (
 )
 from scaling.data.pretrain import PathLike, data_loader, eval_indices, open_manifest
 from scaling.data.sampler import StepSampler
+from scaling.data.source import ImageSource, open_source
 
 
 @contextmanager
@@ -74,16 +74,15 @@ class FinetuneDataset(Dataset):
 
     def __init__(
         self,
-        manifest: Manifest,
-        root: PathLike,
+        source: ImageSource,
         *,
         transform: Callable[[Any], torch.Tensor],
         seed: int | None = None,
         indices: np.ndarray | None = None,
     ) -> None:
-        self.manifest, self.root = manifest, os.fspath(root)
+        self.source, self.manifest = source, source.manifest
         self.transform, self.seed = transform, seed
-        self.indices = np.arange(len(manifest)) if indices is None else indices
+        self.indices = np.arange(len(self.manifest)) if indices is None else indices
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -94,14 +93,14 @@ class FinetuneDataset(Dataset):
         else:
             epoch, index = item
 
-        def load(j: int, path: str) -> tuple[Any, int]:
-            image = read_image(path).to_pil()
+        def load(j: int, data: bytes | memoryview) -> tuple[Any, int]:
+            image = EncodedImage(data).to_pil()
             image.load()  # decode now: only reading and decoding errors mean "bad image"
             return image, j
 
         # The transform runs outside the replacement loop, so a transform bug raises
         # instead of being counted as a corrupt image.
-        (image, j), report = load_with_replacement(self.manifest, self.root, index, load)
+        (image, j), report = load_with_replacement(self.source, index, load)
         label = int(self.manifest.labels[j])
         if self.seed is None:
             return self.transform(image), label, report
@@ -151,14 +150,19 @@ def build_finetune_loaders(
     interpolation: str = "bicubic",
     crop_pct: float = 0.875,
     max_bad_fraction: float = 0.001,
+    packed: PathLike | None = None,
+    shard_window: int = 4,
 ) -> FinetuneLoaders:
     """Training and evaluation loaders with timm's transforms (SimMIM's fine-tune recipe).
 
-    ``color_jitter`` is ignored by timm while RandAugment is on. ``val`` is sharded
-    like :func:`~scaling.data.pretrain.build_val_loader`:
-    rank ``r`` gets every ``world_size``-th image.
+    ``color_jitter`` is ignored by timm while RandAugment is on. ``val`` is split by
+    rank like :func:`~scaling.data.pretrain.build_val_loader`. ``packed``: a pack
+    holding both manifests' images, read as in
+    :func:`~scaling.data.pretrain.build_pretrain_loader`.
     """
-    train_m, val_m = open_manifest(train_manifest, root), open_manifest(val_manifest, root)
+    train_m, val_m = open_manifest(train_manifest), open_manifest(val_manifest)
+    train_src = open_source(train_m, root, packed, window=shard_window)
+    val_src = open_source(val_m, root, packed)
     num_classes = _check_labels(train_m, val_m)
     train_tf = create_transform(
         input_size=image_size, is_training=True, auto_augment=auto_augment,
@@ -171,11 +175,12 @@ def build_finetune_loaders(
     sampler = StepSampler(
         len(train_m), batch_size=batch_size, seed=seed, start_step=start_step,
         end_step=end_step, rank=rank, world_size=world_size,
+        order=train_src.epoch_order(seed),
     )  # fmt: skip
-    train_ds = FinetuneDataset(train_m, root, transform=train_tf, seed=seed)
+    train_ds = FinetuneDataset(train_src, transform=train_tf, seed=seed)
     train = data_loader(train_ds, batch_sampler=sampler, num_workers=num_workers, seed=seed)
-    indices = eval_indices(val_m, limit=val_limit, rank=rank, world_size=world_size)
-    val_ds = FinetuneDataset(val_m, root, transform=val_tf, indices=indices)
+    indices = eval_indices(val_m, limit=val_limit, rank=rank, world_size=world_size, source=val_src)
+    val_ds = FinetuneDataset(val_src, transform=val_tf, indices=indices)
     val = data_loader(
         val_ds, batch_size=val_batch_size or batch_size, num_workers=num_workers, seed=0
     )

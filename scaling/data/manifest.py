@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -108,21 +108,32 @@ def check_root(manifest: Manifest, root: str | os.PathLike[str]) -> None:
         )
 
 
+class Source(Protocol):
+    """Where a dataset reads its images (:mod:`scaling.data.source`)."""
+
+    manifest: Manifest
+
+    def read(self, j: int) -> bytes | memoryview: ...
+
+    def where(self, j: int) -> str: ...
+
+
 def load_with_replacement(
-    manifest: Manifest, root: str, index: int, load: Callable[[int, str], T]
+    source: Source, index: int, load: Callable[[int, bytes | memoryview], T]
 ) -> tuple[T, BadReport]:
-    """``load(index, full_path)``; on any error try index + 1, + 2, … and report each failure."""
+    """``load(index, encoded bytes)``; on any error (reading or decoding) try index + 1,
+    + 2, … and report each failure."""
+    manifest = source.manifest
     report: BadReport = []
     for attempt in range(MAX_REPLACEMENTS):
         j = (index + attempt) % len(manifest)
-        path = os.path.join(root, manifest.path(j))
         try:
-            return load(j, path), report
+            return load(j, source.read(j)), report
         except Exception as e:  # PIL and the decoders raise many kinds; all mean "bad image"
-            report.append((j, path, f"{type(e).__name__}: {e}"))
+            report.append((j, source.where(j), f"{type(e).__name__}: {e}"))
     raise DataError(
         f"{manifest.source}: {MAX_REPLACEMENTS} consecutive images are unreadable from index "
-        f"{index} under the data root {root}; first {report[0][1]}: {report[0][2]}"
+        f"{index}; first {report[0][1]}: {report[0][2]}"
     )
 
 

@@ -43,20 +43,25 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from scaling.data.decode import center_square_box, random_resized_crop_box, read_image
+from scaling.data.decode import (
+    EncodedImage,
+    center_square_box,
+    crop_function,
+    random_resized_crop_box,
+)
 from scaling.data.manifest import (
     BadImageCounter,
     BadReport,
     CheckedLoader,
     DataError,
     Manifest,
-    check_root,
     collate,
     load_with_replacement,
     read_manifest,
 )
 from scaling.data.masking import MaskGenerator
 from scaling.data.sampler import StepSampler
+from scaling.data.source import ImageSource, PackSource, open_source
 
 __all__ = [
     "DataError",
@@ -89,19 +94,19 @@ class PretrainDataset(Dataset):
 
     def __init__(
         self,
-        manifest: Manifest,
-        root: PathLike,
+        source: ImageSource,
         *,
         image_size: int,
         mask: MaskGenerator,
         seed: int,
         crop_scale: tuple[float, float] = (0.67, 1.0),
         crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        decode: str = "fast",
     ) -> None:
         _check_mask(mask, image_size)
         if seed < 0:
             raise ValueError(f"seed: must be ≥ 0, got {seed}")
-        self.manifest, self.root = manifest, os.fspath(root)
+        self.source, self.manifest, self.crop = source, source.manifest, crop_function(decode)
         self.size, self.mask, self.seed = (image_size, image_size), mask, seed
         self.crop_scale, self.crop_ratio = crop_scale, crop_ratio
 
@@ -111,15 +116,15 @@ class PretrainDataset(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, BadReport]:
         epoch, index = item
 
-        def load(j: int, path: str) -> torch.Tensor:
+        def load(j: int, data: bytes | memoryview) -> torch.Tensor:
             rng = sample_rng(self.seed, epoch, j)
-            image = read_image(path)
+            image = EncodedImage(data)
             box = random_resized_crop_box(
                 rng, image.height, image.width, self.crop_scale, self.crop_ratio
             )
-            return image.crop_resize(box, self.size, flip=rng.random() < 0.5)
+            return self.crop(image, box, self.size, flip=rng.random() < 0.5)
 
-        image, report = load_with_replacement(self.manifest, self.root, index, load)
+        image, report = load_with_replacement(self.source, index, load)
         return image, torch.from_numpy(self.mask(self.seed, epoch, index)), report
 
 
@@ -128,17 +133,17 @@ class ValDataset(Dataset):
 
     def __init__(
         self,
-        manifest: Manifest,
-        root: PathLike,
+        source: ImageSource,
         *,
         image_size: int,
         mask: MaskGenerator,
         indices: np.ndarray | None = None,
+        decode: str = "fast",
     ) -> None:
         _check_mask(mask, image_size)
-        self.manifest, self.root = manifest, os.fspath(root)
+        self.source, self.manifest, self.crop = source, source.manifest, crop_function(decode)
         self.size, self.mask = (image_size, image_size), mask
-        self.indices = np.arange(len(manifest)) if indices is None else indices
+        self.indices = np.arange(len(self.manifest)) if indices is None else indices
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -146,11 +151,11 @@ class ValDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, BadReport]:
         index = int(self.indices[i])
 
-        def load(j: int, path: str) -> torch.Tensor:
-            image = read_image(path)
-            return image.crop_resize(center_square_box(image.height, image.width), self.size)
+        def load(j: int, data: bytes | memoryview) -> torch.Tensor:
+            image = EncodedImage(data)
+            return self.crop(image, center_square_box(image.height, image.width), self.size)
 
-        image, report = load_with_replacement(self.manifest, self.root, index, load)
+        image, report = load_with_replacement(self.source, index, load)
         mask = self.mask.val_mask(int(self.manifest.keys[index]))
         return image, torch.from_numpy(mask), report
 
@@ -172,21 +177,29 @@ def build_pretrain_loader(
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
     max_bad_fraction: float = 0.001,
     drop_last: bool = True,
+    packed: PathLike | None = None,
+    decode: str = "fast",
+    shard_window: int = 4,
 ) -> CheckedLoader:
     """Pre-training batches ``(images uint8 (B,3,S,S), masks uint8 (B,S/p,S/p))``, step by step.
 
     ``batch_size`` is per rank; step ``k`` of rank ``r`` is the ``r``-th slice of the
     ``k``-th global batch. ``loader.batch_sampler`` is the :class:`StepSampler`
-    (``steps_per_epoch``, ``epochs_seen(step)``).
+    (``steps_per_epoch``, ``epochs_seen(step)``). ``packed``: a pack holding the
+    manifest's images (folder or URI; ``root`` is then not read) and read in its
+    shard-aware epoch order with windows of ``shard_window`` blocks
+    (:mod:`scaling.data.source`). ``decode``: ``fast`` or ``exact``
+    (:data:`~scaling.data.decode.DECODE_MODES`).
     """
-    m = open_manifest(manifest, root)
+    m = open_manifest(manifest)
+    source = open_source(m, root, packed, window=shard_window)
     dataset = PretrainDataset(
-        m, root, image_size=image_size, mask=mask, seed=seed,
-        crop_scale=crop_scale, crop_ratio=crop_ratio,
+        source, image_size=image_size, mask=mask, seed=seed,
+        crop_scale=crop_scale, crop_ratio=crop_ratio, decode=decode,
     )  # fmt: skip
     sampler = StepSampler(
         len(m), batch_size=batch_size, seed=seed, start_step=start_step, end_step=end_step,
-        rank=rank, world_size=world_size, drop_last=drop_last,
+        rank=rank, world_size=world_size, drop_last=drop_last, order=source.epoch_order(seed),
     )  # fmt: skip
     loader = data_loader(dataset, batch_sampler=sampler, num_workers=num_workers, seed=seed)
     return CheckedLoader(loader, BadImageCounter(m, max_bad_fraction))
@@ -204,12 +217,16 @@ def build_val_loader(
     rank: int = 0,
     world_size: int = 1,
     max_bad_fraction: float = 0.001,
+    packed: PathLike | None = None,
+    decode: str = "fast",
 ) -> CheckedLoader:
-    """Validation batches ``(images, masks)`` in a fixed order; rank ``r`` gets every
-    ``world_size``-th image, so summed losses all-reduce to the single-process value."""
-    m = open_manifest(manifest, root)
-    indices = eval_indices(m, limit=limit, rank=rank, world_size=world_size)
-    dataset = ValDataset(m, root, image_size=image_size, mask=mask, indices=indices)
+    """Validation batches ``(images, masks)`` in a fixed order; the ranks split the
+    images (see :func:`eval_indices`), so summed losses all-reduce to the loss of all.
+    ``packed`` and ``decode`` as for :func:`build_pretrain_loader`."""
+    m = open_manifest(manifest)
+    source = open_source(m, root, packed)
+    indices = eval_indices(m, limit=limit, rank=rank, world_size=world_size, source=source)
+    dataset = ValDataset(source, image_size=image_size, mask=mask, indices=indices, decode=decode)
     loader = data_loader(dataset, batch_size=batch_size, num_workers=num_workers, seed=0)
     return CheckedLoader(loader, BadImageCounter(m, max_bad_fraction))
 
@@ -239,15 +256,27 @@ def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def eval_indices(
-    manifest: Manifest, *, limit: int | None = None, rank: int = 0, world_size: int = 1
+    manifest: Manifest,
+    *,
+    limit: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    source: ImageSource | None = None,
 ) -> np.ndarray:
-    """Manifest rows to evaluate: all, or the ``limit`` smallest keys; sharded by rank."""
+    """Manifest rows to evaluate: all, or the ``limit`` smallest keys; split by rank.
+
+    From files, rank ``r`` takes every ``world_size``-th row in manifest order; from a
+    pack, the rows in pack order are cut into ``world_size`` contiguous runs, so each
+    rank reads its own blocks once.
+    """
     if limit is not None and limit < len(manifest):
         if limit < 1:
             raise ValueError(f"limit: must be ≥ 1, got {limit}")
         indices = np.sort(np.argsort(manifest.keys, kind="stable")[:limit])
     else:
         indices = np.arange(len(manifest))
+    if isinstance(source, PackSource):
+        return np.array_split(source.eval_order(indices), world_size)[rank]
     return indices[rank::world_size]
 
 
@@ -264,11 +293,9 @@ def data_loader(dataset: Dataset, *, num_workers: int, seed: int, **kwargs: Any)
     )
 
 
-def open_manifest(manifest: PathLike | Manifest, root: PathLike) -> Manifest:
-    """Read a manifest (or take a read one) and check that its images are under ``root``."""
-    m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
-    check_root(m, os.fspath(root))
-    return m
+def open_manifest(manifest: PathLike | Manifest) -> Manifest:
+    """Read a manifest (or take a read one); :func:`open_source` finds its images."""
+    return manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
 
 
 def _check_mask(mask: MaskGenerator, image_size: int) -> None:

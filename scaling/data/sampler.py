@@ -16,6 +16,11 @@ and a batch never spans two epochs; with ``drop_last=False`` nothing is dropped
 and a batch may straddle an epoch boundary (needed when the data set is smaller
 than one global batch).
 
+``order`` replaces the permutation: a pure function of the epoch returning a
+permutation of the samples (a pack's shard-aware order,
+:meth:`scaling.data.source.PackSource.epoch_order`); everything above holds for it
+unchanged, since it only decides which permutation epoch ``e`` uses.
+
 Each yielded batch is a list of ``(epoch, index)`` pairs, which the datasets of
 :mod:`scaling.data.pretrain` take as their item, so every random decision about a sample
 can be seeded by ``(seed, epoch, index)``.
@@ -23,7 +28,7 @@ can be seeded by ``(seed, epoch, index)``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -42,6 +47,7 @@ class StepSampler:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = True,
+        order: Callable[[int], np.ndarray] | None = None,
     ) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples: must be ≥ 1, got {num_samples}")
@@ -68,6 +74,7 @@ class StepSampler:
                 f"({batch_size} × {world_size} ranks) is larger than the {num_samples} samples; "
                 "use drop_last=False or a smaller batch"
             )
+        self.order = order
         self._perm_epoch = -1
         self._perm = np.empty(0, dtype=np.int64)
 
@@ -85,8 +92,16 @@ class StepSampler:
     def permutation(self, epoch: int) -> np.ndarray:
         """The order of the samples in ``epoch`` (cached for the current epoch)."""
         if epoch != self._perm_epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._perm = rng.permutation(self.num_samples)
+            if self.order is not None:
+                self._perm = np.asarray(self.order(epoch), dtype=np.int64)
+                if len(self._perm) != self.num_samples:
+                    raise ValueError(
+                        f"order: epoch {epoch} has {len(self._perm)} samples, not "
+                        f"{self.num_samples}"
+                    )
+            else:
+                rng = np.random.default_rng([self.seed, epoch])
+                self._perm = rng.permutation(self.num_samples)
             self._perm_epoch = epoch
         return self._perm
 
