@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 
 from scaling.data.sampler import StepSampler
@@ -84,3 +85,21 @@ def test_bad_arguments_are_named(kwargs: dict, match: str) -> None:
     n = kwargs.pop("num_samples")
     with pytest.raises(ValueError, match=match):
         StepSampler(n, **kwargs)
+
+
+def test_an_order_function_replaces_the_permutation_and_keeps_the_guarantees() -> None:
+    def order(epoch: int) -> np.ndarray:  # any pure function of the epoch
+        return np.roll(np.arange(23)[::-1], epoch)
+
+    sampler = StepSampler(23, batch_size=5, seed=0, order=order)
+    batches = take(sampler, 8)
+    assert [i for _, i in batches[0]] == [22, 21, 20, 19, 18]
+    assert [i for _, i in batches[4]] == [0, 22, 21, 20, 19]  # epoch 1: rolled by one
+    resumed = take(StepSampler(23, batch_size=5, seed=0, order=order, start_step=3), 5)
+    assert resumed == batches[3:]
+    ranks = [StepSampler(23, batch_size=1, seed=0, order=order, rank=r, world_size=5)
+             for r in range(5)]  # fmt: skip
+    assert [p for s in ranks for p in s.batch(6)] == batches[6]
+    bad = StepSampler(23, batch_size=5, seed=0, order=lambda epoch: np.arange(22))
+    with pytest.raises(ValueError, match=r"order: epoch 0 has 22 samples, not 23"):
+        bad.batch(0)
