@@ -10,16 +10,26 @@ e.g. ``file:///shared/runs/x`` or ``s3://bucket/runs/x``)::
     cells/<cell_id>/cell.json   its identity: config + manifest digests
     cells/<cell_id>/checkpoint.pt, progress.json, row.parquet, curves.parquet
 
-Every write is atomic (a temp name, then a move). A cell is complete when its
+Every write is atomic (a temp name, then a move) and, on a local or shared file
+system, durable: the temp file is flushed and fsync'ed before the rename and its
+directory after it, so a power cut leaves the old file or the new one, never a torn
+one. Parquet pages carry CRC checksums that every read verifies. A file that
+still reads back damaged (truncated, empty, flipped bytes, not JSON, not UTF-8) is
+reported with its path on the log, read as missing (its cell is then incomplete
+and reruns), and set aside as ``<name>.damaged-<utc>`` beside it, never deleted; a
+read-only store (``status``) only reports it. A cell is complete when its
 ``row.parquet`` says ``status == "complete"``; the union tables are rebuilt from
 the cell directories, so no cell ever appears twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import io
 import json
 import logging
+import os
 import uuid
 from typing import Any
 
@@ -76,11 +86,45 @@ def curves_table(points: list[dict[str, Any]]) -> pa.Table:
     )
 
 
-class ResultStore:
-    """Atomic file access under a study's output directory, local or remote."""
+def _fsync_dir(path: str) -> None:
+    """Make a rename in ``path`` durable (file systems that cannot fsync a directory: skip)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
-    def __init__(self, uri: str) -> None:
+
+def _write_local(target: str, data: bytes) -> None:
+    """Temp file, flush + fsync, rename over ``target``, fsync the directory."""
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(parent)
+
+
+class ResultStore:
+    """Atomic file access under a study's output directory, local or remote.
+
+    ``set_aside``: move damaged files out of the way as they are found (``run``);
+    False for a store that only reads (``status``), which reports them and goes on.
+    """
+
+    def __init__(self, uri: str, set_aside: bool = True) -> None:
         self.uri = uri
+        self.set_aside_damaged = set_aside
+        self._reported: set[str] = set()
         if "://" in uri:
             self.fs, self.base = pafs.FileSystem.from_uri(uri)
         else:
@@ -88,7 +132,7 @@ class ResultStore:
         self.base = self.base.rstrip("/")
 
     def __reduce__(self) -> tuple[Any, ...]:  # filesystems travel to Ray workers by URI
-        return (ResultStore, (self.uri,))
+        return (ResultStore, (self.uri, self.set_aside_damaged))
 
     def path(self, rel: str) -> str:
         return f"{self.base}/{rel}" if rel else self.base
@@ -102,7 +146,11 @@ class ResultStore:
         return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
 
     def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write ``rel`` atomically (and durably on a local or shared file system)."""
         target = self.path(rel)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            _write_local(target, data)
+            return
         parent = target.rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
         tmp = f"{parent}/.{target.rsplit('/', 1)[1]}.{uuid.uuid4().hex[:8]}.tmp"
@@ -125,21 +173,67 @@ class ResultStore:
         if self.exists(rel):
             self.fs.delete_file(self.path(rel))
 
+    def move(self, src: str, dst: str) -> None:
+        """Rename ``src`` to ``dst`` (replacing it); a missing ``src`` is no error."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.move(self.path(src), self.path(dst))
+            if isinstance(self.fs, pafs.LocalFileSystem):
+                _fsync_dir(os.path.dirname(self.path(dst)))
+
+    def damaged(self, rel: str, why: str) -> None:
+        """Report a damaged file (once per store) and, when allowed, set it aside.
+
+        Returns None, so a reader can ``return self.damaged(...)`` for "missing".
+        """
+        if rel in self._reported:
+            return None
+        self._reported.add(rel)
+        if not self.set_aside_damaged:
+            log.warning("%s: damaged (%s); read as missing", self.path(rel), why)
+            return None
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = f"{rel}.damaged-{stamp}"
+        if self.exists(aside):
+            aside = f"{aside}-{uuid.uuid4().hex[:6]}"
+        self.move(rel, aside)
+        log.warning(
+            "%s: damaged (%s); set aside as %s and read as missing",
+            self.path(rel),
+            why,
+            self.path(aside).rsplit("/", 1)[1],
+        )
+        return None
+
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
-    def read_json(self, rel: str) -> Any | None:
+    def read_json(self, rel: str, expect: type = dict) -> Any | None:
+        """The JSON value of ``rel`` (an ``expect``), or None if missing or damaged."""
         data = self.read_bytes(rel)
-        return None if data is None else json.loads(data)
+        if data is None:
+            return None
+        try:
+            value = json.loads(data)
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            return self.damaged(rel, f"not JSON: {err}")
+        if not isinstance(value, expect):
+            return self.damaged(rel, f"a JSON {type(value).__name__}, not a {expect.__name__}")
+        return value
 
     def write_table(self, rel: str, table: pa.Table) -> None:
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
+        pq.write_table(table, buf, compression="zstd", write_page_checksum=True)
         self.write_bytes(rel, buf.getvalue())
 
     def read_table(self, rel: str) -> pa.Table | None:
+        """The table in ``rel``, or None if missing or damaged (then reported)."""
         data = self.read_bytes(rel)
-        return None if data is None else pq.read_table(io.BytesIO(data))
+        if data is None:
+            return None
+        try:
+            return pq.read_table(io.BytesIO(data), page_checksum_verification=True)
+        except (pa.ArrowException, OSError) as err:
+            return self.damaged(rel, f"not a readable Parquet file: {err}")
 
     # -- cells -----------------------------------------------------------------------------
     def cell_ids(self) -> list[str]:
@@ -178,8 +272,12 @@ class ResultStore:
             row = self.cell_row(cell_id)
             if row is None:
                 continue
-            rows.append(row)
             table = self.read_table(f"cells/{cell_id}/curves.parquet")
+            if table is None and row.get("status") == "complete":
+                # a complete row always has its curves: without them the cell reruns
+                self.damaged(f"cells/{cell_id}/row.parquet", "its curves.parquet is unreadable")
+                continue
+            rows.append(row)
             if table is not None:
                 curves.append(table.cast(CURVE_SCHEMA))
         cells = cells_table(rows)
