@@ -4,8 +4,9 @@ Images/s of one core (one process, one thread: what one data-loader worker deliv
 for two pipelines over the same ImageNet-sized JPEGs (~330–500 px, quality 90):
 
 * ``bytes``: the encoded bytes only (the storage cost);
-* ``decode``: bytes + the pre-training sample (header, RandomResizedCrop box, reduced-
-  size DCT decode, resize to 192 px, flip): the training data path of one image.
+* ``decode``: the pre-training sample of the image, made by the training dataset itself
+  (``scaling.data.pretrain.PretrainDataset``: header, RandomResizedCrop box, reduced-size
+  DCT decode, resize to 192 px, flip, mask) over a file source or a pack source.
 
 and three storages:
 
@@ -18,8 +19,8 @@ and three storages:
 * ``s3`` (with ``--s3``): a local S3 server (moto), one object per image vs the pack.
 
 The per-file path reads in epoch order (a random permutation); the pack path in the
-shard-aware epoch order with a 4-block window, through :class:`subsets.packview.PackView`
-(what the training loaders use).
+shard-aware epoch order with a 4-block window, through ``scaling.data.source``'s
+``FileSource`` and ``PackSource`` (what the training loaders use).
 
     .venv/bin/python bench/bench_shards.py [--images 3000] [--delay-ms 5] [--repeat 2] [--s3]
 """
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -86,38 +86,37 @@ def evict(paths: list[Path]) -> None:
         os.close(fd)
 
 
-def sample(data: bytes, rng: random.Random) -> object:
-    """The pre-training sample of one image (scaling.data's fast decode path)."""
-    from scaling.data.decode import EncodedImage, random_resized_crop_box
-
-    image = EncodedImage(data)
-    box = random_resized_crop_box(rng, image.height, image.width, (0.67, 1.0), (3 / 4, 4 / 3))
-    return image.crop_resize(box, (192, 192), flip=rng.random() < 0.5)
-
-
-def timed(read: Callable[[int], bytes], order: np.ndarray, decode: bool, limit_s: float):
-    """Images/s reading (and decoding) rows in ``order`` for up to ``limit_s`` seconds."""
-    rng = random.Random(0)
+def timed(item: Callable[[int], object], order: np.ndarray, limit_s: float) -> float:
+    """Images/s producing ``item(j)`` for rows in ``order``, for up to ``limit_s`` seconds."""
     start = time.perf_counter()
     done = 0
     for j in order.tolist():
-        data = read(j)
-        if decode:
-            sample(data, rng)
+        item(j)
         done += 1
         if done % 64 == 0 and time.perf_counter() - start > limit_s:
             break
     return done / (time.perf_counter() - start)
 
 
-def s3_storage(folder: Path, paths: list[str], keys: np.ndarray):
-    """Images and the pack uploaded to a local moto S3 server: (per-file reader, view)."""
+def pipeline(source, decode: bool) -> Callable[[int], object]:
+    """The bytes of row j, or the pre-training sample of row j (the real dataset)."""
+    if not decode:
+        return source.read
+    from scaling.data.masking import MaskGenerator
+    from scaling.data.pretrain import PretrainDataset
+
+    mask = MaskGenerator(input_size=192, mask_patch_size=32, model_patch_size=4, mask_ratio=0.6)
+    dataset = PretrainDataset(source, image_size=192, mask=mask, seed=0)
+    return lambda j: dataset[(0, j)]
+
+
+def s3_storage(folder: Path, manifest):
+    """Images and the pack on a local moto S3 server: (per-file source, pack source)."""
     import boto3
     import pyarrow.fs as pafs
     from moto.server import ThreadedMotoServer
 
-    from subsets.packview import PackView
-    from subsets.shards import open_pack
+    from scaling.data.source import FileSource, PackSource
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -131,48 +130,43 @@ def s3_storage(folder: Path, paths: list[str], keys: np.ndarray):
     s3, _ = pafs.FileSystem.from_uri("s3://bench")
     pafs.copy_files(str(folder / "train"), "bench/train", destination_filesystem=s3)
     pafs.copy_files(str(folder / "pack"), "bench/pack", destination_filesystem=s3)
-    objects = [f"bench/{Path(p).relative_to(folder)}" for p in paths]
 
-    def get(j: int) -> bytes:
-        with s3.open_input_stream(objects[j]) as fh:
-            return fh.read()
+    class S3Files(FileSource):  # one GET per image
+        def read(self, j: int) -> bytes:
+            with s3.open_input_stream(f"bench/{self.manifest.path(j)}") as fh:
+                return fh.read()
 
-    return get, lambda: PackView(open_pack("s3://bench/pack"), keys, "folder-100pct")
+    return S3Files(manifest, folder), lambda: PackSource(manifest, "s3://bench/pack")
 
 
 def storages(folder: Path, args: argparse.Namespace):
-    """(name, per-file reader, pack view factory, before-run hook) per storage."""
-    from subsets.manifest import read_manifest
-    from subsets.packview import PackView
-    from subsets.shards import open_pack
+    """(name, per-file source, pack source factory, before-run hook) per storage."""
+    from scaling.data.manifest import read_manifest
+    from scaling.data.source import FileSource, PackSource
     from subsets.slowfs import Counts, latency_filesystem, open_file
 
-    table, _ = read_manifest(folder / "manifests" / "folder-100pct.parquet", ["path", "key"])
-    paths = [str(folder / p) for p in table.column("path").to_pylist()]
-    keys = table.column("key").to_numpy()
+    manifest = read_manifest(folder / "manifests" / "folder-100pct.parquet")
+    files = [folder / manifest.path(j) for j in range(len(manifest))]
     shards = sorted((folder / "pack").glob("*.parquet"))
-
-    def local_file(j: int) -> bytes:
-        with open(paths[j], "rb") as fh:
-            return fh.read()
-
-    def view(fs=None) -> PackView:
-        return PackView(open_pack(str(folder / "pack"), fs), keys, "folder-100pct")
-
     delay = args.delay_ms / 1000
-    counts = Counts()
     slow_fs, _ = latency_filesystem(delay)
-    yield "local", local_file, view, lambda: None
-    yield "local-cold", local_file, view, lambda: evict([Path(p) for p in paths] + shards)
-    yield (
-        f"slow ({args.delay_ms:g} ms)",
-        lambda j: open_file(paths[j], delay, counts),
-        (lambda: view(slow_fs)),
-        lambda: None,
-    )
+
+    class SlowFiles(FileSource):  # an open and a read per image, each ``delay`` late
+        counts = Counts()
+
+        def read(self, j: int) -> bytes:
+            return open_file(self.where(j), delay, self.counts)
+
+    def pack(fs=None) -> PackSource:
+        return PackSource(manifest, folder / "pack", filesystem=fs)
+
+    local = FileSource(manifest, folder)
+    yield "local", local, pack, lambda: None
+    yield "local-cold", local, pack, lambda: evict(files + shards)
+    slow = SlowFiles(manifest, folder)
+    yield f"slow ({args.delay_ms:g} ms)", slow, lambda: pack(slow_fs), lambda: None
     if args.s3:
-        get, s3_view = s3_storage(folder, paths, keys)
-        yield "s3 (moto)", get, s3_view, lambda: None
+        yield "s3 (moto)", *s3_storage(folder, manifest), lambda: None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,15 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     folder = make_set(CACHE / "shards-bench", args.images)
     order = np.random.default_rng(0).permutation(args.images)
     print(f"{'storage':<16}{'pipeline':<9}{'per-file img/s':>16}{'pack img/s':>12}{'ratio':>8}")
-    for name, read_file, make_view, before in storages(folder, args):
+    for name, files, make_pack, before in storages(folder, args):
         for decode in (False, True):
             per_file = packed = 0.0
             for _ in range(args.repeat):  # alternate, so load changes hit both alike
                 before()
-                per_file = max(per_file, timed(read_file, order, decode, args.seconds))
+                per_file = max(per_file, timed(pipeline(files, decode), order, args.seconds))
                 before()
-                view = make_view()
-                packed = max(packed, timed(view.read, view.epoch_order(0, 0), decode, args.seconds))
+                source = make_pack()
+                pack_order = source.epoch_order(0)(0)
+                packed = max(packed, timed(pipeline(source, decode), pack_order, args.seconds))
             kind = "decode" if decode else "bytes"
             print(
                 f"{name:<16}{kind:<9}{per_file:>16,.0f}{packed:>12,.0f}{packed / per_file:>7.1f}×"

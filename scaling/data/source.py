@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -51,13 +52,17 @@ class FileSource:
 class PackSource:
     """The manifest's images in a pack (every key of the manifest must be in it)."""
 
-    def __init__(self, manifest: Manifest, location: PathLike, *, window: int = 4) -> None:
+    def __init__(
+        self, manifest: Manifest, location: PathLike, *, window: int = 4, filesystem: Any = None
+    ) -> None:
         from subsets.packview import PackView
+        from subsets.shards import open_pack
 
         if window < 1:
             raise ValueError(f"shard_window: must be ≥ 1, got {window}")
         self.manifest, self.location, self.window = manifest, os.fspath(location), window
-        self.view = PackView(self.location, manifest.keys, str(manifest.source))
+        pack = open_pack(self.location, filesystem)  # filesystem: any pyarrow.fs.FileSystem
+        self.view = PackView(pack, manifest.keys, str(manifest.source))
 
     def where(self, j: int) -> str:
         """The image's path and its pack (named in bad-image reports)."""
