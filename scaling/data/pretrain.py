@@ -16,8 +16,15 @@ Public API (all keyword-only):
   image resized to S (resize-shorter-side + center crop), no flip, and the fixed mask
   ``mask.val_mask(key)`` of the image, so values compare across cells and reruns.
   ``limit`` keeps the ``limit`` images with the smallest ``key`` (a stable,
-  pseudo-random subset; smaller limits are subsets of larger ones).
+  pseudo-random subset; smaller limits are subsets of larger ones). From files, rank
+  ``r`` of ``world_size`` takes every ``world_size``-th image.
 - ``normalize(images, device)`` → float32 (B, 3, S, S) with ImageNet mean/std.
+
+Both loaders take ``packed=`` (a pack made by ``mimscale subsets pack``, a folder or a
+URI: images are read from its shards, the pre-training order is the pack's shard-aware
+epoch order with windows of ``shard_window`` blocks, validation runs in pack order with
+each rank taking a contiguous run; see :mod:`scaling.data.source`) and ``decode=``
+(``fast`` or ``exact``: :data:`scaling.data.decode.DECODE_MODES`).
 
 Images leave the workers as uint8 and are normalized on the device in the training
 step (``normalize``): ToTensor + Normalize per image in the workers costs about as
