@@ -10,7 +10,9 @@ pre-training, or of fine-tuning; the marker file records that it did).
 
 from __future__ import annotations
 
+import logging
 import os
+import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,8 @@ import torch
 from scaling.config.schema import CellConfig
 from scaling.errors import UserError
 from scaling.train.checkpoint import checkpoint_bytes, read_checkpoint
+
+log = logging.getLogger(__name__)
 
 Reporter = Callable[[dict[str, Any]], None]
 
@@ -34,6 +38,8 @@ class CellStore(Protocol):
 
     def write_bytes(self, rel: str, data: bytes) -> None: ...
     def read_bytes(self, rel: str) -> bytes | None: ...
+    def move(self, src: str, dst: str) -> None: ...
+    def damaged(self, rel: str, why: str) -> None: ...
     def write_json(self, rel: str, obj: Any) -> None: ...
     def write_cell_result(self, row: dict[str, Any], points: list[dict[str, Any]]) -> None: ...
 
@@ -80,12 +86,47 @@ class TrialContext:
             self.report(dict(fields))
 
     def save(self, name: str, state: dict[str, Any]) -> None:
+        """Write checkpoint ``name``; the one it replaces stays as ``<stem>.prev<suffix>``."""
         if self.is_main:
-            self.store.write_bytes(self.rel(name), checkpoint_bytes(state))
+            blob = checkpoint_bytes(state)
+            self.store.move(self.rel(name), self.rel(previous_name(name)))
+            self.store.write_bytes(self.rel(name), blob)
 
     def load(self, name: str) -> dict[str, Any] | None:
-        data = self.store.read_bytes(self.rel(name))
-        return None if data is None else read_checkpoint(data, self.rel(name))
+        """This stage's newest readable checkpoint ``name`` (:func:`load_checkpoint`)."""
+        return load_checkpoint(self.store, self.rel(name))
+
+
+def load_checkpoint(store: CellStore, rel: str) -> dict[str, Any] | None:
+    """The newest readable checkpoint at ``rel``: it, else the previous one, else None.
+
+    A damaged one (truncated, flipped bytes) is reported with its path and set aside by
+    the store; the log says which checkpoint the stage resumes from, or that it starts
+    afresh.
+    """
+    damaged = []
+    for candidate in (rel, previous_name(rel)):
+        data = store.read_bytes(candidate)
+        if data is None:
+            continue
+        try:
+            state = read_checkpoint(data, candidate)
+        except Exception as err:  # torch.load of damaged bytes: zip, pickle, EOF errors
+            store.damaged(candidate, f"not a readable checkpoint: {type(err).__name__}: {err}")
+            damaged.append(candidate)
+            continue
+        if damaged:
+            log.warning("%s: resuming from the previous checkpoint %s", damaged[0], candidate)
+        return state
+    if damaged:
+        log.warning("%s: no readable checkpoint left; the stage starts afresh", damaged[0])
+    return None
+
+
+def previous_name(name: str) -> str:
+    """Where a checkpoint's predecessor is kept: ``checkpoint.pt`` → ``checkpoint.prev.pt``."""
+    root, ext = posixpath.splitext(name)
+    return f"{root}.prev{ext}"
 
 
 def pick_device(assigned: torch.device | None = None) -> torch.device:
