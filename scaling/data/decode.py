@@ -108,10 +108,18 @@ bilinear resize) or ``exact`` (full decode and PIL's bilinear resize, as the rel
 SimMIM code). Fast mode differs by a few grey levels on average."""
 
 
+GPU_MODE = "gpu"
+"""Decoded on the accelerator in the main process (:mod:`scaling.data.gpu_decode`)."""
+
+
 def crop_function(decode: str):
-    """The crop-and-resize of decode mode ``decode``; ValueError listing the modes."""
+    """The crop-and-resize of decode mode ``decode`` (None for ``gpu``: the workers send
+    encoded bytes); ValueError listing the modes."""
+    if decode == GPU_MODE:
+        return None
     if decode not in DECODE_MODES:
-        raise ValueError(f"decode: unknown mode {decode!r}; valid: {', '.join(DECODE_MODES)}")
+        valid = ", ".join([*DECODE_MODES, GPU_MODE])
+        raise ValueError(f"decode: unknown mode {decode!r}; valid: {valid}")
     return DECODE_MODES[decode]
 
 

@@ -35,6 +35,7 @@ from timm.data import Mixup, create_transform
 from torch.utils.data import Dataset
 
 from scaling.data.decode import EncodedImage
+from scaling.data.loader import PathLike, data_loader, open_manifest
 from scaling.data.manifest import (
     BadImageCounter,
     BadReport,
@@ -43,9 +44,9 @@ from scaling.data.manifest import (
     Manifest,
     load_with_replacement,
 )
-from scaling.data.pretrain import PathLike, data_loader, eval_indices, open_manifest
 from scaling.data.sampler import StepSampler
 from scaling.data.source import ImageSource, open_source
+from scaling.data.val import eval_indices
 
 
 @contextmanager

@@ -24,7 +24,9 @@ Both loaders take ``packed=`` (a pack made by ``mimscale subsets pack``, a folde
 URI: images are read from its shards, the pre-training order is the pack's shard-aware
 epoch order with windows of ``shard_window`` blocks, validation runs in pack order with
 each rank taking a contiguous run; see :mod:`scaling.data.source`) and ``decode=``
-(``fast`` or ``exact``: :data:`scaling.data.decode.DECODE_MODES`).
+(``fast`` or ``exact``: :data:`scaling.data.decode.DECODE_MODES`; ``gpu``: the workers
+send encoded bytes and the loader decodes each batch on ``device``,
+:mod:`scaling.data.gpu_decode`).
 
 Images leave the workers as uint8 and are normalized on the device in the training
 step (``normalize``): ToTensor + Normalize per image in the workers costs about as
@@ -42,19 +44,24 @@ Fine-tuning data is in :mod:`scaling.data.finetune`.
 from __future__ import annotations
 
 import functools
-import os
 import random
-from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from scaling.data.decode import (
     EncodedImage,
-    center_square_box,
     crop_function,
     random_resized_crop_box,
+)
+from scaling.data.gpu_decode import encode_sample
+from scaling.data.loader import (
+    PathLike,
+    check_mask,
+    collate_for,
+    data_loader,
+    decoded,
+    open_manifest,
 )
 from scaling.data.manifest import (
     BadImageCounter,
@@ -62,13 +69,13 @@ from scaling.data.manifest import (
     CheckedLoader,
     DataError,
     Manifest,
-    collate,
     load_with_replacement,
     read_manifest,
 )
 from scaling.data.masking import MaskGenerator
 from scaling.data.sampler import StepSampler
-from scaling.data.source import ImageSource, PackSource, open_source
+from scaling.data.source import ImageSource, open_source
+from scaling.data.val import ValDataset, build_val_loader
 
 __all__ = [
     "DataError",
@@ -82,8 +89,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-PathLike = str | os.PathLike[str]
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
@@ -110,7 +115,7 @@ class PretrainDataset(Dataset):
         crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
         decode: str = "fast",
     ) -> None:
-        _check_mask(mask, image_size)
+        check_mask(mask, image_size)
         if seed < 0:
             raise ValueError(f"seed: must be ≥ 0, got {seed}")
         self.source, self.manifest, self.crop = source, source.manifest, crop_function(decode)
@@ -129,42 +134,13 @@ class PretrainDataset(Dataset):
             box = random_resized_crop_box(
                 rng, image.height, image.width, self.crop_scale, self.crop_ratio
             )
-            return self.crop(image, box, self.size, flip=rng.random() < 0.5)
+            flip = rng.random() < 0.5
+            if self.crop is None:  # decode="gpu": the main process decodes
+                return encode_sample(image, box, flip, self.source.where(j))
+            return self.crop(image, box, self.size, flip=flip)
 
         image, report = load_with_replacement(self.source, index, load)
         return image, torch.from_numpy(self.mask(self.seed, epoch, index)), report
-
-
-class ValDataset(Dataset):
-    """Central square resized to the image size, with each image's fixed validation mask."""
-
-    def __init__(
-        self,
-        source: ImageSource,
-        *,
-        image_size: int,
-        mask: MaskGenerator,
-        indices: np.ndarray | None = None,
-        decode: str = "fast",
-    ) -> None:
-        _check_mask(mask, image_size)
-        self.source, self.manifest, self.crop = source, source.manifest, crop_function(decode)
-        self.size, self.mask = (image_size, image_size), mask
-        self.indices = np.arange(len(self.manifest)) if indices is None else indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, BadReport]:
-        index = int(self.indices[i])
-
-        def load(j: int, data: bytes | memoryview) -> torch.Tensor:
-            image = EncodedImage(data)
-            return self.crop(image, center_square_box(image.height, image.width), self.size)
-
-        image, report = load_with_replacement(self.source, index, load)
-        mask = self.mask.val_mask(int(self.manifest.keys[index]))
-        return image, torch.from_numpy(mask), report
 
 
 def build_pretrain_loader(
@@ -187,6 +163,7 @@ def build_pretrain_loader(
     packed: PathLike | None = None,
     decode: str = "fast",
     shard_window: int = 4,
+    device: torch.device | str | None = None,
 ) -> CheckedLoader:
     """Pre-training batches ``(images uint8 (B,3,S,S), masks uint8 (B,S/p,S/p))``, step by step.
 
@@ -195,8 +172,9 @@ def build_pretrain_loader(
     (``steps_per_epoch``, ``epochs_seen(step)``). ``packed``: a pack holding the
     manifest's images (folder or URI; ``root`` is then not read) and read in its
     shard-aware epoch order with windows of ``shard_window`` blocks
-    (:mod:`scaling.data.source`). ``decode``: ``fast`` or ``exact``
-    (:data:`~scaling.data.decode.DECODE_MODES`).
+    (:mod:`scaling.data.source`). ``decode``: ``fast``, ``exact``
+    (:data:`~scaling.data.decode.DECODE_MODES`) or ``gpu`` (decoded on ``device``,
+    default cuda, in this process: :mod:`scaling.data.gpu_decode`).
     """
     m = open_manifest(manifest)
     source = open_source(m, root, packed, window=shard_window)
@@ -208,34 +186,11 @@ def build_pretrain_loader(
         len(m), batch_size=batch_size, seed=seed, start_step=start_step, end_step=end_step,
         rank=rank, world_size=world_size, drop_last=drop_last, order=source.epoch_order(seed),
     )  # fmt: skip
-    loader = data_loader(dataset, batch_sampler=sampler, num_workers=num_workers, seed=seed)
-    return CheckedLoader(loader, BadImageCounter(m, max_bad_fraction))
-
-
-def build_val_loader(
-    *,
-    manifest: PathLike | Manifest,
-    root: PathLike,
-    image_size: int,
-    mask: MaskGenerator,
-    batch_size: int,
-    num_workers: int,
-    limit: int | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    max_bad_fraction: float = 0.001,
-    packed: PathLike | None = None,
-    decode: str = "fast",
-) -> CheckedLoader:
-    """Validation batches ``(images, masks)`` in a fixed order; the ranks split the
-    images (see :func:`eval_indices`), so summed losses all-reduce to the loss of all.
-    ``packed`` and ``decode`` as for :func:`build_pretrain_loader`."""
-    m = open_manifest(manifest)
-    source = open_source(m, root, packed)
-    indices = eval_indices(m, limit=limit, rank=rank, world_size=world_size, source=source)
-    dataset = ValDataset(source, image_size=image_size, mask=mask, indices=indices, decode=decode)
-    loader = data_loader(dataset, batch_size=batch_size, num_workers=num_workers, seed=0)
-    return CheckedLoader(loader, BadImageCounter(m, max_bad_fraction))
+    loader = data_loader(
+        dataset, batch_sampler=sampler, num_workers=num_workers, seed=seed,
+        collate_fn=collate_for(decode, image_size),
+    )  # fmt: skip
+    return decoded(CheckedLoader(loader, BadImageCounter(m, max_bad_fraction)), decode, device)
 
 
 def normalize(
@@ -260,54 +215,3 @@ def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     mean = torch.tensor(IMAGENET_MEAN, device=device).mul_(255).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).mul_(255).view(1, 3, 1, 1)
     return mean, std
-
-
-def eval_indices(
-    manifest: Manifest,
-    *,
-    limit: int | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    source: ImageSource | None = None,
-) -> np.ndarray:
-    """Manifest rows to evaluate: all, or the ``limit`` smallest keys; split by rank.
-
-    From files, rank ``r`` takes every ``world_size``-th row in manifest order; from a
-    pack, the rows in pack order are cut into ``world_size`` contiguous runs, so each
-    rank reads its own blocks once.
-    """
-    if limit is not None and limit < len(manifest):
-        if limit < 1:
-            raise ValueError(f"limit: must be ≥ 1, got {limit}")
-        indices = np.sort(np.argsort(manifest.keys, kind="stable")[:limit])
-    else:
-        indices = np.arange(len(manifest))
-    if isinstance(source, PackSource):
-        return np.array_split(source.eval_order(indices), world_size)[rank]
-    return indices[rank::world_size]
-
-
-def data_loader(dataset: Dataset, *, num_workers: int, seed: int, **kwargs: Any) -> DataLoader:
-    """A DataLoader with our collate, persistent workers and its own generator."""
-    return DataLoader(
-        dataset,
-        num_workers=num_workers,
-        collate_fn=collate,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(seed),
-        **kwargs,
-    )
-
-
-def open_manifest(manifest: PathLike | Manifest) -> Manifest:
-    """Read a manifest (or take a read one); :func:`open_source` finds its images."""
-    return manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
-
-
-def _check_mask(mask: MaskGenerator, image_size: int) -> None:
-    if mask.input_size != image_size:
-        raise ValueError(
-            f"image_size: {image_size} differs from the mask generator's input_size "
-            f"{mask.input_size}"
-        )
