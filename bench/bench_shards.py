@@ -18,11 +18,15 @@ and three storages:
   read per block (:mod:`subsets.slowfs`);
 * ``s3`` (with ``--s3``): a local S3 server (moto), one object per image vs the pack.
 
+``--gpu`` adds the ``decode="gpu"`` figures (on a CUDA machine): what the workers still
+do per image, per core, and the device's decode + crop + resize rate.
+
 The per-file path reads in epoch order (a random permutation); the pack path in the
 shard-aware epoch order with a 4-block window, through ``scaling.data.source``'s
 ``FileSource`` and ``PackSource`` (what the training loaders use).
 
     .venv/bin/python bench/bench_shards.py [--images 3000] [--delay-ms 5] [--repeat 2] [--s3]
+        [--gpu]
 """
 
 from __future__ import annotations
@@ -169,6 +173,41 @@ def storages(folder: Path, args: argparse.Namespace):
         yield "s3 (moto)", *s3_storage(folder, manifest), lambda: None
 
 
+def gpu_figure(folder: Path, batch: int = 128, batches: int = 10) -> None:
+    """decode="gpu": the workers' share per core (bytes, header, box) and nvJPEG's rate."""
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu decode: unmeasured (no CUDA here); on a GPU machine run "
+              "`.venv/bin/python bench/bench_shards.py --gpu`")  # fmt: skip
+        return
+    from scaling.data.gpu_decode import EncodedBatch, decode_batch
+    from scaling.data.manifest import read_manifest
+    from scaling.data.masking import MaskGenerator
+    from scaling.data.pretrain import PretrainDataset
+    from scaling.data.source import FileSource
+
+    manifest = read_manifest(folder / "manifests" / "folder-100pct.parquet")
+    mask = MaskGenerator(input_size=192, mask_patch_size=32, model_patch_size=4, mask_ratio=0.6)
+    dataset = PretrainDataset(FileSource(manifest, folder), image_size=192, mask=mask, seed=0,
+                              decode="gpu")  # fmt: skip
+    start = time.perf_counter()
+    encoded = [
+        EncodedBatch([dataset[(0, b * batch + i)][0] for i in range(batch)], (192, 192))
+        for b in range(batches)
+    ]
+    worker = batch * batches / (time.perf_counter() - start)
+    decode_batch(encoded[0], "cuda")  # warm-up
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for item in encoded:
+        decode_batch(item, "cuda")
+    torch.cuda.synchronize()
+    gpu = batch * batches / (time.perf_counter() - start)
+    print(f"gpu decode ({torch.cuda.get_device_name()}): workers {worker:,.0f} img/s per core "
+          f"(read, header, box), device decode + crop + resize {gpu:,.0f} img/s")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -179,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="time limit per run")
     parser.add_argument("--repeat", type=int, default=2, help="runs per cell (best kept)")
     parser.add_argument("--s3", action="store_true", help="also a local S3 server (moto)")
+    parser.add_argument("--gpu", action="store_true", help="also decode='gpu' (needs CUDA)")
     args = parser.parse_args(argv)
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     folder = make_set(CACHE / "shards-bench", args.images)
@@ -198,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{name:<16}{kind:<9}{per_file:>16,.0f}{packed:>12,.0f}{packed / per_file:>7.1f}×"
             )
+    if args.gpu:
+        gpu_figure(folder)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     return 0
 

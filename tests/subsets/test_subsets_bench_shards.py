@@ -17,10 +17,11 @@ REPO = Path(__file__).resolve().parents[2]
 def test_bench_shards_on_a_small_set(tmp_path: Path) -> None:
     env = {**os.environ, "MIMSCALE_BENCH_CACHE": str(tmp_path)}
     argv = [sys.executable, "bench/bench_shards.py", "--images", "120", "--seconds", "0.2"]
-    argv += ["--repeat", "1", "--delay-ms", "1", "--s3"]
+    argv += ["--repeat", "1", "--delay-ms", "1", "--s3", "--gpu"]
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = re.findall(r"^(local|local-cold|slow \(1 ms\)|s3 \(moto\)) +(bytes|decode) +[\d,]+ +"
                       r"[\d,]+ +[\d.]+×$", done.stdout, flags=re.M)  # fmt: skip
     assert len(rows) == 8, done.stdout
     assert "HTTP/1.1" not in done.stdout + done.stderr
+    assert re.search(r"^gpu decode: (unmeasured|\(.*\): workers [\d,]+ img/s)", done.stdout, re.M)
