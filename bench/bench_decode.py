@@ -117,13 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--pixel-images", type=int, default=None, help="default: all")
     args = parser.parse_args(argv)
     os.environ.setdefault("MIMSCALE_DEVICE", "cpu")
     demo = build_demo(
         Path(os.environ.get("MIMSCALE_BENCH_CACHE", tempfile.gettempdir())) / "mimscale-demo"
     )
     images = sorted(demo.glob("train/*/*")) + sorted(demo.glob("val/*"))
-    mean, worst, n = pixel_differences([p for p in images if p.suffix != ".csv"], args.image_size)
+    images = [p for p in images if p.suffix != ".csv"][: args.pixel_images]
+    mean, worst, n = pixel_differences(images, args.image_size)
     print(f"pixels, demo set ({n:,} images, {args.image_size} px): |fast - exact| mean "
           f"{mean:.2f}, max {worst} grey levels")  # fmt: skip
     mean, worst = photo_difference(192)
