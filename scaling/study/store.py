@@ -30,14 +30,23 @@ import io
 import json
 import logging
 import os
+import tempfile
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from scaling.errors import UserError
+
 log = logging.getLogger(__name__)
+
+
+class OutputError(UserError):
+    """A study output that cannot be written."""
+
 
 CELL_COLUMNS: dict[str, pa.DataType] = {
     "cell_id": pa.string(),
@@ -114,6 +123,19 @@ def _write_local(target: str, data: bytes) -> None:
     _fsync_dir(parent)
 
 
+def _probe_local(path: Path) -> None:
+    """Raise OSError unless ``path`` exists as a writable folder or could be made in one."""
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{folder} is not writable")
+    with tempfile.TemporaryFile(dir=folder):  # a read-only mount, even for root
+        pass
+
+
 class ResultStore:
     """Atomic file access under a study's output directory, local or remote.
 
@@ -140,6 +162,21 @@ class ResultStore:
     def local_path(self, rel: str = "") -> str | None:
         """A path on this machine's file system, or None for a remote store."""
         return self.path(rel) if isinstance(self.fs, pafs.LocalFileSystem) else None
+
+    def check_writable(self) -> None:
+        """Refuse an output that cannot be written (read-only, a parent that is a file, no
+        bucket, no permission) with the reason, before any work and without creating it: a
+        local path probes its nearest existing folder; a remote one writes and removes one
+        probe object."""
+        try:
+            if isinstance(self.fs, pafs.LocalFileSystem):
+                _probe_local(Path(self.base))
+            else:
+                probe = f".write-probe-{uuid.uuid4().hex[:8]}"
+                self.write_bytes(probe, b"")
+                self.delete(probe)
+        except OSError as err:
+            raise OutputError(f"output_dir {self.uri}: cannot write there ({err})") from None
 
     # -- bytes -----------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
