@@ -100,5 +100,7 @@ class Family:
     (B, C, H/stride, W/stride), the body checkpointed as :data:`CHECKPOINTING` says."""
     segments: Callable[[Module, str], list[Segment]]
     """``(encoder, mode)`` → the encoder's body as checkpoint regions of ``mode``, in order."""
+    blocks: Callable[[Module], list[Module]]
+    """The encoder's (or classifier's) transformer blocks, in order: FSDP2's shard units."""
     adapt_state: Callable[[Module, dict[str, Tensor]], dict[str, Tensor]] = lambda m, s: s
     """Adapt a pre-trained encoder state to a (fine-tuning) model, e.g. resample positions."""

@@ -140,4 +140,5 @@ FAMILY = Family(
     embed=_embed,
     encode=_encode,
     segments=_segments,
+    blocks=lambda encoder: [block for stage in encoder.layers for block in stage.blocks],
 )

@@ -106,5 +106,6 @@ FAMILY = Family(
     embed=_embed,
     encode=_encode,
     segments=_segments,
+    blocks=lambda encoder: list(encoder.blocks),
     adapt_state=_adapt_state,
 )
