@@ -162,3 +162,23 @@ def build_simmim(
         norm_target_window=norm_target_window,
         checkpointing=checkpointing,
     )
+
+
+def set_checkpointing(model: nn.Module, mode: str) -> None:
+    """Activation checkpointing of a SimMIM model or a timm classifier (fine-tuning).
+
+    SimMIM checkpoints its encode path per ``block`` or per ``stage``; a classifier runs
+    timm's own forward, which checkpoints per block for either mode.
+    """
+    check_checkpointing(mode, "pretrain.activation_checkpointing")
+    if isinstance(model, SimMIM):
+        model.checkpointing = mode
+    else:
+        _family_of(model).encoder_type()  # a registered family, or TypeError
+        model.set_grad_checkpointing(mode != "none")
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a SimMIM model or a classifier: FSDP2's shard units."""
+    encoder = model.encoder if isinstance(model, SimMIM) else model
+    return _family_of(encoder).blocks(encoder)

@@ -215,3 +215,17 @@ def load_shards(
         if "cuda" in rng and torch.device(device).type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], torch.device(device))
     return same_ranks
+
+
+def gather_full(obj: Any) -> Any:
+    """``obj`` with every DTensor replaced by its whole tensor (on the CPU), recursively
+    through dicts and lists. Collective under FSDP2: every rank calls it, in one order."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(obj, DTensor):
+        return obj.full_tensor().cpu()
+    if isinstance(obj, dict):
+        return {k: gather_full(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(gather_full(v) for v in obj)
+    return obj

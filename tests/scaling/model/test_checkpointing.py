@@ -123,3 +123,19 @@ def test_no_grad_runs_plainly() -> None:
 def test_unknown_mode_names_the_key() -> None:
     with pytest.raises(ModelError, match=r"pretrain.activation_checkpointing: must be one of"):
         build_simmim("vit-nano", img_size=64, checkpointing="layer")
+
+
+def test_set_checkpointing_on_simmim_and_a_classifier() -> None:
+    from scaling.model.build import create_classifier
+    from scaling.model.simmim import set_checkpointing, shard_units
+
+    model = build_simmim("swinv2-nano", img_size=64)
+    set_checkpointing(model, "stage")
+    assert model.checkpointing == "stage"
+    assert len(shard_units(model)) == sum(get_spec("swinv2-nano").depths)
+    classifier = create_classifier("vit-nano", num_classes=3, img_size=64)
+    set_checkpointing(classifier, "block")
+    assert classifier.grad_checkpointing
+    assert shard_units(classifier) == list(classifier.blocks)
+    with pytest.raises(ModelError, match=r"pretrain.activation_checkpointing: must be one of"):
+        set_checkpointing(classifier, "all")

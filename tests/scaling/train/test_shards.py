@@ -17,7 +17,7 @@ from scaling.model.simmim import build_simmim
 from scaling.model.sizes import get_spec
 from scaling.study.store import ResultStore
 from scaling.train.parallel import seed_rank, wrap
-from scaling.train.shards import load_shards, save_shards, saved_ranks
+from scaling.train.shards import gather_full, load_shards, save_shards, saved_ranks
 
 STEPS, CRASH, BATCH = 4, 2, 4
 
@@ -69,8 +69,10 @@ def _worker(rank: int, world: int, port: int, root: str, parallelism: str) -> No
     model, optimizer = _setup(parallelism, rank)  # a fresh process's state
     restored = load_shards(store, "ckpt", model, optimizer, rank=rank, world_size=world)
     resumed = [_step(model, optimizer, step, rank) for step in range(CRASH, STEPS)]
+    full = gather_full({"encoder": model.state_dict(), "step": [STEPS]})  # the final encoder
+    shapes = {k: tuple(v.shape) for k, v in full["encoder"].items()}
     torch.save(
-        {"losses": losses, "resumed": resumed, "restored": restored},
+        {"losses": losses, "resumed": resumed, "restored": restored, "shapes": shapes},
         Path(root) / f"{parallelism}-rank{rank}.pt",
     )
     dist.destroy_process_group()
@@ -105,6 +107,9 @@ def test_two_ranks_resume_bit_exactly(tmp_path: Path, parallelism: str) -> None:
 
     # one process reads the 2-rank checkpoint: weights resharded, no RNG streams of its own
     model, optimizer = _setup("", 0)
+    whole = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    prefix = "module." if parallelism == "ddp" else ""
+    assert {k.removeprefix(prefix): v for k, v in runs[0]["shapes"].items()} == whole
     before = {k: v.clone() for k, v in model.state_dict().items()}
     restored = load_shards(store, "ckpt", model, optimizer, rank=0, world_size=1)
     assert not restored
