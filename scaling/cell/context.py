@@ -36,12 +36,15 @@ class CellError(UserError):
 class CellStore(Protocol):
     """The file access a cell needs (atomic writes, relative to the study's output)."""
 
+    def exists(self, rel: str) -> bool: ...
     def write_bytes(self, rel: str, data: bytes) -> None: ...
     def read_bytes(self, rel: str) -> bytes | None: ...
     def move(self, src: str, dst: str) -> None: ...
     def damaged(self, rel: str, why: str) -> None: ...
     def write_json(self, rel: str, obj: Any) -> None: ...
-    def write_cell_result(self, row: dict[str, Any], points: list[dict[str, Any]]) -> None: ...
+    def write_stage_result(
+        self, kind: str, row: dict[str, Any], points: list[dict[str, Any]]
+    ) -> None: ...
 
 
 @dataclass
@@ -50,7 +53,9 @@ class TrialContext:
 
     cell: CellConfig
     store: CellStore
-    cell_id: str
+    stage_id: str
+    stage_dir: str
+    """The stage's directory in the store, e.g. ``stages/pretrain/<id>``."""
     device: torch.device
     report: Reporter | None = None
     rank: int = 0
@@ -61,14 +66,13 @@ class TrialContext:
         return self.rank == 0
 
     def rel(self, name: str) -> str:
-        return f"cells/{self.cell_id}/{name}"
+        return f"{self.stage_dir}/{name}"
 
     def point(
         self, phase: str, step: int, split: str, metric: str, value: float, lr: float
     ) -> dict[str, Any]:
-        """One row of ``curves.parquet``."""
+        """One point of a stage's curve (the store adds the stage's id when it writes it)."""
         return {
-            "cell_id": self.cell_id,
             "phase": phase,
             "step": int(step),
             "split": split,
@@ -129,6 +133,18 @@ def previous_name(name: str) -> str:
     return f"{root}.prev{ext}"
 
 
+def seed_checkpoint(ctx: TrialContext, targets: list[str], state: dict[str, Any]) -> None:
+    """Write ``state`` as a resumable checkpoint at each ``targets`` path that has none yet
+    (a trunk seeding its branches; a stage keeping its prefix). Rank 0 only."""
+    if not ctx.is_main:
+        return
+    missing = [t for t in targets if not ctx.store.exists(t)]
+    if missing:  # the seeded stage's own wall time starts at 0: the prefix is counted once
+        blob = checkpoint_bytes({**state, "wall_s": 0.0})
+        for target in missing:
+            ctx.store.write_bytes(target, blob)
+
+
 def pick_device(assigned: torch.device | None = None) -> torch.device:
     """The device a trial trains on: ``MIMSCALE_DEVICE`` if set (``cpu``, ``cuda``,
     ``cuda:1``; the driver forwards it to every trial), else ``assigned`` (a DDP
@@ -150,20 +166,22 @@ def pick_device(assigned: torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def maybe_inject_fault(phase: str, step: int) -> None:
+def maybe_inject_fault(phase: str, step: int, stage_id: str = "") -> None:
     """Raise once at the configured step (reliability tests only).
 
-    ``MIMSCALE_FAIL_AT`` is ``[phase@]step:marker``; the phase is ``pretrain``
-    (the default) or ``finetune``.
+    ``MIMSCALE_FAIL_AT`` is one or more ``[phase@]step[#stage]:marker`` separated by
+    ``;``: the phase is ``pretrain`` (the default) or ``finetune``; ``#stage`` limits
+    the fault to stages whose id starts with it; each fault fires once (its marker file
+    records that it did).
     """
-    spec = os.environ.get("MIMSCALE_FAIL_AT")
-    if not spec:
-        return
-    where, _, marker = spec.partition(":")
-    at_phase, _, at = where.rpartition("@")
-    if (at_phase or "pretrain") == phase and int(at) == step and marker:
-        if Path(marker).exists():
-            return
+    for spec in filter(None, os.environ.get("MIMSCALE_FAIL_AT", "").split(";")):
+        where, _, marker = spec.partition(":")
+        where, _, only = where.partition("#")
+        at_phase, _, at = where.rpartition("@")
+        if (at_phase or "pretrain") != phase or int(at) != step or not marker:
+            continue
+        if not stage_id.startswith(only) or Path(marker).exists():
+            continue
         Path(marker).write_text(f"failed at {phase} step {step}\n")
         name = {"pretrain": "pre-training", "finetune": "fine-tuning"}[phase]
         raise RuntimeError(f"injected fault at {name} step {step} (MIMSCALE_FAIL_AT)")

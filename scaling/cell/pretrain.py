@@ -74,12 +74,12 @@ class Pretrain(PhaseRunner):
     phase, checkpoint_name = "pretrain", "checkpoint.pt"
     fix_hint = "lower pretrain.base_lr or check the data"
 
-    def __init__(self, ctx: TrialContext) -> None:
+    def __init__(self, ctx: TrialContext, seeds: dict[int, list[str]] | None = None) -> None:
         from scaling.data.masking import MaskGenerator
         from scaling.model.sizes import get_spec
         from scaling.train.schedule import scaled_lr
 
-        super().__init__(ctx)
+        super().__init__(ctx, seeds)
         cell, p = ctx.cell, ctx.cell.pretrain
         self.cell, self.p = cell, p
         self.iterations, self.batch_size, self.accum_steps = (
@@ -150,14 +150,14 @@ class Pretrain(PhaseRunner):
         return loader
 
     def lr_of(self, step: int) -> float:
-        from scaling.train.schedule import lr_at, scaled_lr, warmup_steps_of
+        from scaling.train.schedule import lr_at, scaled_lr
 
         p, n = self.p, self.cell.iterations
         return lr_at(
             step,
             schedule=p.schedule,
             total_steps=n,
-            warmup_steps=warmup_steps_of(p.warmup_fraction, n),
+            warmup_steps=p.warmup_for(n),
             base_lr=self.peak,
             warmup_lr=scaled_lr(p.warmup_lr, p.batch_size),
             min_lr=scaled_lr(p.min_lr, p.batch_size),
@@ -212,6 +212,7 @@ class Pretrain(PhaseRunner):
         return result, {"encoder": encoder}
 
 
-def run_pretrain(ctx: TrialContext) -> PhaseOutput:
-    """Pre-train (or resume, or read back) the cell's encoder; ``state["encoder"]`` holds it."""
-    return Pretrain(ctx).run()
+def run_pretrain(ctx: TrialContext, seeds: dict[int, list[str]] | None = None) -> PhaseOutput:
+    """Pre-train (or resume, or read back) the cell's encoder; ``state["encoder"]`` holds it.
+    ``seeds``: checkpoints to write on the way (see :class:`PhaseRunner`)."""
+    return Pretrain(ctx, seeds).run()

@@ -1,21 +1,32 @@
-"""One cell of a scaling study: pre-train with a validation-loss curve, then fine-tune.
+"""One stage of a study — pre-training or fine-tuning — or a whole cell, in any process.
 
-``run_trial`` runs in any process — a Ray Tune trial, a Ray Train worker, or a
-plain ``mimscale trial cell.toml`` — and never imports ray. Everything it writes
-goes through the study's store under ``cells/<cell_id>/``: ``cell.toml`` first,
-checkpoints while training (resume is exact: model, optimizer, RNG states,
-sampler position, curves so far), and at the end ``curves.parquet`` then
-``row.parquet`` (the row marks completion).
+``run_stage`` runs in a Ray Tune trial, a Ray Train worker, or a plain process, and
+never imports ray. Everything it writes goes through the study's store under
+``stages/<kind>/<id>/``: ``stage.toml`` first (the resolved cell), checkpoints while
+training (resume is exact: model, optimizer, RNG states, sampler position, the open
+log window, curves so far), and at the end ``curves.parquet`` then ``result.parquet``
+(the result marks completion). A pre-training trunk also writes its branches'
+checkpoints at their fork steps; a fine-tuning stage reads its encoder from its
+pre-training stage's result checkpoint. ``run_trial`` runs both stages of one cell
+(``mimscale trial``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from scaling.cell.context import CellStore, Reporter, TrialContext, pick_device
+from scaling.cell.context import (
+    CellError,
+    CellStore,
+    Reporter,
+    TrialContext,
+    load_checkpoint,
+    pick_device,
+)
 from scaling.cell.finetune import run_finetune
 from scaling.cell.pretrain import run_pretrain
 from scaling.config.load import dump_toml
@@ -25,84 +36,153 @@ from scaling.config.schema import CellConfig
 log = logging.getLogger(__name__)
 
 
-def run_trial(
+def stage_dir(kind: str, stage_id: str) -> str:
+    return f"stages/{kind}/{stage_id}"
+
+
+def run_stage(
+    kind: str,
+    stage_id: str,
     cell: CellConfig,
     store: CellStore,
-    cell_id: str,
     *,
+    pretrain_id: str | None = None,
+    forks: Sequence[Sequence[Any]] = (),
+    prefix_step: int = 0,
     report: Reporter | None = None,
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) one cell and write its results; returns the cell's row.
+    """Run (or resume) one stage and write its result; returns the stage's row.
 
-    ``device``: the one a launcher assigned (Ray Train maps each DDP worker's GPU
-    inside CUDA_VISIBLE_DEVICES); :func:`pick_device` decides, MIMSCALE_DEVICE first.
+    ``forks``: a trunk's ``(fork step, branch id)`` pairs; ``prefix_step``: where this
+    pre-training keeps ``prefix.pt``; ``pretrain_id``: a fine-tuning stage's encoder.
+    ``device``: the one a launcher assigned; :func:`pick_device` decides.
     """
     ctx = TrialContext(
         cell=cell,
         store=store,
-        cell_id=cell_id,
+        stage_id=stage_id,
+        stage_dir=stage_dir(kind, stage_id),
         device=pick_device(device),
         report=report,
         rank=rank,
         world_size=world_size,
     )
     if ctx.is_main:
-        store.write_bytes(ctx.rel("cell.toml"), dump_toml(to_dict(cell)).encode())
-    log.info("cell %s: %s on %s for %d iterations", cell_id, cell.model, cell.data, cell.iterations)
-    pre = run_pretrain(ctx)
-    ft = (
-        run_finetune(ctx, pre.state["encoder"], val_loss=pre.result["val_loss"])
-        if cell.finetune.enabled
-        else None
-    )
-    row = _row(ctx, pre.result, ft.result if ft else None)
+        store.write_bytes(ctx.rel("stage.toml"), dump_toml(to_dict(cell)).encode())
+    if kind == "pretrain":
+        row, points = _pretrain(ctx, forks, prefix_step)
+    else:
+        row, points = _finetune(ctx, pretrain_id)
     if ctx.is_main:
-        store.write_cell_result(row, pre.points + (ft.points if ft else []))
-        ctx.progress(
-            phase="done",
-            step=cell.iterations,
-            iterations=cell.iterations,
-            train_loss=row["train_loss"],
-            val_loss=row["val_loss"],
-            finetune_top1=row["finetune_top1"],
-        )
-    log.info(
-        "cell %s done: val_loss %.4f top1 %s in %.0f s",
-        cell_id,
-        row["val_loss"],
-        "-" if ft is None else f"{row['finetune_top1']:.2f}",
-        row["wall_s"],
-    )
+        store.write_stage_result(kind, row, points)
+        ctx.progress(phase="done", step=row.get("iterations"), **_progress_of(row))
+    log.info("%s stage %s done in %.0f s", kind, stage_id, row["wall_s"])
     return row
 
 
-def _row(ctx: TrialContext, pre: dict[str, Any], ft: dict[str, Any] | None) -> dict[str, Any]:
-    """The cell's row of ``cells.parquet``."""
+def _progress_of(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("train_loss", "val_loss", "finetune_top1")
+    return {k: row[k] for k in keys if k in row}
+
+
+def _pretrain(
+    ctx: TrialContext, forks: Sequence[Sequence[Any]], prefix_step: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     cell = ctx.cell
-    wall_s = pre["wall_s"] + (ft["wall_s"] if ft else 0.0)
-    gpus = cell.resources.gpus * cell.resources.workers if ctx.device.type == "cuda" else 0.0
-    return {
-        "cell_id": ctx.cell_id,
+    log.info("pre-training %s: %s on %s, %d steps", ctx.stage_id, cell.model, cell.data,
+             cell.iterations)  # fmt: skip
+    seeds: dict[int, list[str]] = {}
+    for step, branch in forks:
+        branch_dir = stage_dir("pretrain", branch)
+        seeds.setdefault(int(step), []).extend(
+            [f"{branch_dir}/checkpoint.pt", f"{branch_dir}/prefix.pt"]
+        )
+    if prefix_step:
+        seeds.setdefault(prefix_step, []).append(ctx.rel("prefix.pt"))
+    out = run_pretrain(ctx, seeds)
+    r = out.result
+    gpus = _gpus(ctx)
+    row = {
+        "stage_id": ctx.stage_id,
         "model": cell.model,
-        "params_m": pre["params_m"],
+        "params_m": r["params_m"],
         "data": cell.data,
-        "n_train_images": pre["n_train_images"],
+        "n_train_images": r["n_train_images"],
         "iterations": cell.iterations,
         "batch_size": cell.pretrain.batch_size,
-        "epochs_seen": cell.epochs_seen(pre["n_train_images"]),
+        "epochs_seen": cell.epochs_seen(r["n_train_images"]),
         "seed": cell.seed,
         "mask_ratio": cell.pretrain.mask_ratio,
         "status": "complete",
-        "train_loss": pre["train_loss"],
-        "val_loss": pre["val_loss"],
-        "finetune_top1": ft["top1"] if ft else None,
-        "finetune_top5": ft["top5"] if ft else None,
-        "pretrain_flops": pre["flops"],
-        "gpu_hours": wall_s * gpus / 3600.0,
-        "wall_s": wall_s,
-        "bad_images": pre["bad_images"] + (ft["bad_images"] if ft else 0),
+        "train_loss": r["train_loss"],
+        "val_loss": r["val_loss"],
+        "pretrain_flops": r["flops"],
+        "gpu_hours": r["wall_s"] * gpus / 3600.0,
+        "wall_s": r["wall_s"],
+        "bad_images": r["bad_images"],
         "error": None,
     }
+    return row, out.points
+
+
+def _finetune(
+    ctx: TrialContext, pretrain_id: str | None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    if not pretrain_id:
+        raise CellError(f"fine-tuning stage {ctx.stage_id}: no pre-training stage given")
+    encoder, val_loss = _encoder_of(ctx.store, pretrain_id)
+    log.info("fine-tuning %s from pre-training %s", ctx.stage_id, pretrain_id)
+    out = run_finetune(ctx, encoder, val_loss=val_loss)
+    r = out.result
+    data = ctx.cell.data_config
+    row = {
+        "stage_id": ctx.stage_id,
+        "pretrain_id": pretrain_id,
+        "target": data.finetune_train,
+        "status": "complete",
+        "finetune_top1": r["top1"],
+        "finetune_top5": r["top5"],
+        "gpu_hours": r["wall_s"] * _gpus(ctx) / 3600.0,
+        "wall_s": r["wall_s"],
+        "bad_images": r["bad_images"],
+        "error": None,
+    }
+    return row, out.points
+
+
+def _encoder_of(store: CellStore, pretrain_id: str) -> tuple[dict[str, torch.Tensor], float]:
+    """The pre-trained encoder and final val loss from a finished pre-training stage."""
+    rel = f"{stage_dir('pretrain', pretrain_id)}/checkpoint.pt"
+    state = load_checkpoint(store, rel)
+    if state is None or "result" not in state:
+        raise CellError(f"pre-training stage {pretrain_id} has not finished ({rel})")
+    encoder = (state.get("state") or {}).get("encoder") or state.get("encoder")
+    return encoder, float(state["result"]["val_loss"])
+
+
+def _gpus(ctx: TrialContext) -> float:
+    r = ctx.cell.resources
+    return r.gpus * r.workers if ctx.device.type == "cuda" else 0.0
+
+
+def run_trial(
+    cell: CellConfig, store: CellStore, *, device: torch.device | None = None
+) -> dict[str, Any]:
+    """Both stages of one cell in this process (no sharing); returns its joined row."""
+    from scaling.config.identity import finetune_id, manifest_digests, pretrain_id
+
+    digests = manifest_digests(cell)
+    pid = pretrain_id(cell, digests)
+    pre = run_stage("pretrain", pid, cell, store, device=device)
+    row = {**pre, "pretrain_id": pid, "finetune_id": None, "cell_id": pid}
+    if cell.finetune.enabled:
+        fid = finetune_id(cell, digests)
+        ft = run_stage("finetune", fid, cell, store, pretrain_id=pid, device=device)
+        row |= {k: ft[k] for k in ("finetune_top1", "finetune_top5")}
+        row |= {"finetune_id": fid, "cell_id": fid, "wall_s": pre["wall_s"] + ft["wall_s"]}
+        row["gpu_hours"] = pre["gpu_hours"] + ft["gpu_hours"]
+        row["bad_images"] = pre["bad_images"] + ft["bad_images"]
+    return row

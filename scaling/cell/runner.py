@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from scaling.cell.context import CellError, TrialContext, maybe_inject_fault
+from scaling.cell.context import CellError, TrialContext, maybe_inject_fault, seed_checkpoint
 from scaling.config.rules import micro_batch
 from scaling.errors import UserError
 from scaling.train.checkpoint import set_rng_state, unwrap
@@ -53,8 +53,11 @@ class PhaseRunner:
     fix_hint: str = ""
     """What to change after a non-finite loss."""
 
-    def __init__(self, ctx: TrialContext) -> None:
+    def __init__(self, ctx: TrialContext, seeds: dict[int, list[str]] | None = None) -> None:
         self.ctx, self.device = ctx, ctx.device
+        self.seeds = dict(seeds or {})
+        """step → store paths that get this run's resumable checkpoint at that step, when
+        they have none (a trunk's branches at their fork step; this stage's prefix)."""
         self.points: list[Point] = []
         self.bad_images = 0
         self.model: nn.Module | None = None
@@ -129,10 +132,11 @@ class PhaseRunner:
                 step=step,
                 device=self.device,
                 dtype=self.dtype,
+                window=(ckpt or {}).get("window"),
             )
         except NonFiniteLoss as e:
             raise CellError(
-                f"cell {self.ctx.cell_id}: non-finite {self._name} loss {e.value} at step "
+                f"stage {self.ctx.stage_id}: non-finite {self._name} loss {e.value} at step "
                 f"{e.step} (lr {self.lr_of(e.step):.3g}); {self.fix_hint}"
             ) from None
         result, state = self.finish(unwrap(model), step)
@@ -186,17 +190,21 @@ class PhaseRunner:
             self.add(step, "train", "loss", loss, lr)
             self.on_log(step, loss, lr)
 
-        def resumable(step: int) -> None:
+        def resumable(step: int, window: list[float]) -> None:
             state = {
                 "points": self.points,
                 "step": step,
+                "window": window,
                 "model": unwrap(model).state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(),
                 "bad_images": self.total_bad,
                 "wall_s": self.wall_s,
             }
-            self.ctx.save(self.checkpoint_name, state)
+            if self.checkpoint_interval and step % self.checkpoint_interval == 0:
+                self.ctx.save(self.checkpoint_name, state)
+            if step in self.seeds:
+                seed_checkpoint(self.ctx, self.seeds[step], state)
 
         return Phase(
             iterations=self.iterations,
@@ -210,5 +218,6 @@ class PhaseRunner:
             evaluate=lambda s, lr: self.evaluate(unwrap(model), s, lr),
             log=log,
             checkpoint=resumable,
-            after_step=lambda s: maybe_inject_fault(self.phase, s),
+            after_step=lambda s: maybe_inject_fault(self.phase, s, self.ctx.stage_id),
+            save_at=frozenset(self.seeds),
         )

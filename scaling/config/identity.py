@@ -20,51 +20,95 @@ from typing import Any
 from scaling.config.parse import ConfigError, to_dict
 from scaling.config.schema import CellConfig, DataConfig, StudyConfig
 
-# Part of every cell's id: bump it when a cell's results change for the same config
-# (2: masks from SHAKE-128 block scores, so validation losses moved).
-CELL_FORMAT_VERSION = 2
+STAGE_FORMAT_VERSION = 3
+"""Part of every stage's id: bump it when a stage's results change for the same config.
+(3: stages — pre-training and fine-tuning have ids of their own; 2 was the last cell
+format, masks from SHAKE-128 block scores.)"""
 
-_NOT_IDENTITY = {
-    "data_config": ("manifest_dir", "root", "demo", "num_workers"),
-    "pretrain": ("val_interval", "checkpoint_interval", "log_interval", "compile"),
-}
-"""Fields that change where or how fast a cell runs, never its results."""
+_NOT_IDENTITY = (
+    "val_interval",
+    "checkpoint_interval",
+    "log_interval",
+    "compile",
+    "activation_checkpointing",
+    "models",
+)
+"""Recipe fields that change how a stage is logged or how fast it runs, never its results."""
+_FINETUNE_USES = ("amp", "channels_last")
+"""Pre-training settings that fine-tuning follows (precision, memory format)."""
 
 
-def _hash(obj: Any) -> str:
+def identity_hash(obj: Any) -> str:
+    """16 hex digits of a stable JSON encoding of ``obj``."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def cell_identity(cell: CellConfig, digests: dict[str, str]) -> dict[str, Any]:
-    """What defines the cell's results: config and manifest digests, not paths or resources."""
-    d = to_dict(cell)
-    d.pop("resources")
-    for section, keys in _NOT_IDENTITY.items():
-        for key in keys:
-            d[section].pop(key)
-    d["digests"] = dict(sorted(digests.items()))
-    d["format"] = CELL_FORMAT_VERSION
+def _recipe(recipe: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    d = to_dict(recipe)
+    for key in (*_NOT_IDENTITY, *drop):
+        d.pop(key, None)
     return d
 
 
+def pretrain_identity(cell: CellConfig, digests: dict[str, str]) -> dict[str, Any]:
+    """What determines a pre-trained encoder and its validation curve."""
+    names = (cell.data, cell.data_config.val)
+    return {
+        "kind": "pretrain",
+        "format": STAGE_FORMAT_VERSION,
+        "model": cell.model,
+        "data": cell.data,
+        "val": cell.data_config.val,
+        "iterations": cell.iterations,
+        "seed": cell.seed,
+        "recipe": _recipe(cell.pretrain),
+        "digests": {n: digests.get(n) for n in sorted(set(names))},
+    }
+
+
+def finetune_identity(cell: CellConfig, pretrain: str, digests: dict[str, str]) -> dict[str, Any]:
+    """What determines a fine-tuned classifier: its encoder's stage, recipe and data."""
+    data = cell.data_config
+    names = (data.finetune_train, data.finetune_val)
+    return {
+        "kind": "finetune",
+        "format": STAGE_FORMAT_VERSION,
+        "pretrain": pretrain,
+        "train": data.finetune_train,
+        "val": data.finetune_val,
+        "seed": cell.seed,
+        "recipe": _recipe(cell.finetune, drop=("enabled",)),
+        "precision": {k: getattr(cell.pretrain, k) for k in _FINETUNE_USES},
+        "digests": {n: digests.get(n) for n in sorted(set(names))},
+    }
+
+
+def pretrain_id(cell: CellConfig, digests: dict[str, str]) -> str:
+    """The pre-training stage's id: 16 hex digits of its identity."""
+    return identity_hash(pretrain_identity(cell, digests))
+
+
+def finetune_id(cell: CellConfig, digests: dict[str, str]) -> str:
+    """The fine-tuning stage's id (its pre-training stage's id is part of it)."""
+    return identity_hash(finetune_identity(cell, pretrain_id(cell, digests), digests))
+
+
 def cell_id(cell: CellConfig, digests: dict[str, str]) -> str:
-    """The cell's id: 16 hex digits of its identity."""
-    return _hash(cell_identity(cell, digests))
+    """A cell's id in ``cells.parquet``: its last stage's (fine-tuning, else pre-training)."""
+    return finetune_id(cell, digests) if cell.finetune.enabled else pretrain_id(cell, digests)
 
 
-def config_key(cell: CellConfig) -> str:
-    """The cell's id without its manifest digests: the same cell across manifest rebuilds."""
-    identity = cell_identity(cell, {})
-    identity.pop("digests")
-    return _hash(identity)
+def stage_key(identity: dict[str, Any]) -> str:
+    """A stage's id without its manifest digests: the same stage across manifest rebuilds."""
+    return identity_hash({k: v for k, v in identity.items() if k != "digests"})
 
 
 def study_hash(study: StudyConfig) -> str:
     """A stable digest of what the study computes (not where it was loaded from)."""
     d = to_dict(study)
     d.pop("source")
-    return _hash(d)
+    return identity_hash(d)
 
 
 def manifest_digests(cell: CellConfig) -> dict[str, str]:

@@ -134,8 +134,8 @@ def to_dict(obj: Any) -> Any:
 
 
 def _join(prefix: str, key: str) -> str:
-    if not prefix:
-        return key
+    if not prefix or not key:
+        return prefix or key
     return f"{prefix}{key}" if key.startswith("[") else f"{prefix}.{key}"
 
 

@@ -45,7 +45,7 @@ def micro_batch(batch_size: int, accum_steps: int, workers: int, section: str) -
 def check_pretrain_schedule(pretrain: PretrainConfig, lengths: list[tuple[str, int]]) -> None:
     """The pre-training schedule is valid at each length (``(key, iterations)`` pairs);
     a check that depends on the length names the length it failed for."""
-    from scaling.train.schedule import validate_schedule, validate_schedule_shape, warmup_steps_of
+    from scaling.train.schedule import validate_schedule, validate_schedule_shape
 
     p = pretrain
     try:
@@ -62,10 +62,11 @@ def check_pretrain_schedule(pretrain: PretrainConfig, lengths: list[tuple[str, i
             validate_schedule(
                 schedule=p.schedule,
                 total_steps=iterations,
-                warmup_steps=warmup_steps_of(p.warmup_fraction, iterations),
+                warmup_steps=p.warmup_for(iterations),
                 milestones=p.milestones,
                 decay_fraction=p.decay_fraction,
                 section="pretrain",
+                warmup_key="warmup_steps" if p.warmup_steps else "warmup_fraction",
             )
         except UserError as err:
             raise _located(err, f" for {where} = {iterations}") from None

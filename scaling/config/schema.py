@@ -16,12 +16,14 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from scaling.config import rules
-from scaling.config.parse import check
+from scaling.config.parse import check, from_dict, to_dict
 
 AMP_MODES = ("auto", "bf16", "fp16", "fp32")
+CHECKPOINTING = ("none", "block", "stage")  # scaling.model.family.CHECKPOINTING, torch-free
+PARALLELISM = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,25 +53,108 @@ class DataConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class GridCell:
+    """One (model, data, length) of an explicit cell list."""
+
+    model: str
+    """Model size."""
+    data: str
+    """Pre-training subset."""
+    iterations: int
+    """Pre-training length in optimizer steps."""
+
+    def __post_init__(self) -> None:
+        check(self.iterations > 0, "iterations", f"must be > 0, got {self.iterations}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GridExclude:
+    """Leave out the grid points that match every field given (empty: any)."""
+
+    model: str = ""
+    """Model size to leave out ('' matches any)."""
+    data: str = ""
+    """Subset to leave out ('' matches any)."""
+    iterations: int = 0
+    """Length to leave out (0 matches any)."""
+
+    def __post_init__(self) -> None:
+        check(
+            bool(self.model or self.data or self.iterations),
+            "",
+            "an exclude entry must name at least one of model, data, iterations",
+        )
+
+    def matches(self, model: str, data: str, iterations: int) -> bool:
+        return (
+            self.model in ("", model)
+            and self.data in ("", data)
+            and self.iterations in (0, iterations)
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class GridConfig:
-    models: tuple[str, ...]
+    models: tuple[str, ...] = ()
     """Model sizes (names in ``scaling.model.sizes.MODEL_SIZES``)."""
-    data: tuple[str, ...]
+    data: tuple[str, ...] = ()
     """Pre-training subsets (manifest names)."""
-    iterations: tuple[int, ...]
+    iterations: tuple[int, ...] = ()
     """Pre-training lengths in optimizer steps."""
     seeds: tuple[int, ...] = (0,)
     """Extra axis: seeds."""
     mask_ratios: tuple[float, ...] = ()
     """Extra axis: mask ratios (empty: ``pretrain.mask_ratio`` only)."""
+    exclude: tuple[GridExclude, ...] = ()
+    """``[[grid.exclude]]``: product points to leave out (a ragged grid). An entry may name
+    values outside the grid (``--set grid.models=…`` narrows a grid without editing its
+    exclusions); its model must be a registered size."""
+    cells: tuple[GridCell, ...] = ()
+    """``[[grid.cells]]``: an explicit list of (model, data, iterations) instead of the product."""
+    share_prefix: bool = True
+    """Train one trunk per (model, data, recipe, seed) and branch shorter lengths off it
+    where that is exact (their lr schedules agree up to the fork step)."""
 
     def __post_init__(self) -> None:
-        for name in ("models", "data", "iterations", "seeds"):
+        axes = ("models", "data", "iterations")
+        if self.cells:
+            for name in axes:
+                check(
+                    not getattr(self, name),
+                    name,
+                    "give either grid.cells or the grid.models × data × iterations product",
+                )
+            keys = [(c.model, c.data, c.iterations) for c in self.cells]
+            dup = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+            check(dup is None, "cells", f"lists {dup} twice")
+        else:
+            for name in axes:
+                values = getattr(self, name)
+                check(
+                    len(values) > 0,
+                    name,
+                    "is missing or empty: give grid.models, grid.data and grid.iterations "
+                    "(their product is the grid), or grid.cells",
+                )
+        for name in (*axes, "seeds"):
             values = getattr(self, name)
-            check(len(values) > 0, name, "must list at least one value (the grid is empty)")
             check(len(set(values)) == len(values), name, f"has duplicates: {list(values)}")
         for i, it in enumerate(self.iterations):
             check(it > 0, f"iterations[{i}]", f"must be > 0, got {it}")
+        check(len(self.points()) > 0, "exclude", "leaves no cell in the grid")
+
+    def _product(self) -> list[tuple[str, str, int]]:
+        if self.cells:
+            return [(c.model, c.data, c.iterations) for c in self.cells]
+        return list(itertools.product(self.models, self.data, self.iterations))
+
+    def points(self) -> list[tuple[str, str, int]]:
+        """(model, data, iterations) of every cell, in grid order, exclusions left out."""
+        return [p for p in self._product() if not any(r.matches(*p) for r in self.exclude)]
+
+    def model_names(self) -> list[str]:
+        """The models of the grid, in order, once each."""
+        return list(dict.fromkeys(p[0] for p in self._product()))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,6 +173,9 @@ class PretrainConfig:
     """``multistep`` (×gamma at each milestone), ``cosine`` or ``wsd``."""
     warmup_fraction: float = 0.0125
     """Fraction of the iterations spent in linear warm-up (10 of 800 epochs)."""
+    warmup_steps: int = 0
+    """Linear warm-up in steps, the same for every length (set warmup_fraction = 0): the
+    lengths of a study then share their schedule up to the first decay (prefix sharing)."""
     milestones: tuple[float, ...] = (0.875,)
     """Multistep milestones as fractions of training (7/8 as the 800-epoch config)."""
     gamma: float = 0.1
@@ -130,6 +218,10 @@ class PretrainConfig:
     """Stop when more than this fraction of samples failed to decode."""
     crop_scale: tuple[float, float] = (0.67, 1.0)
     """RandomResizedCrop area range."""
+    activation_checkpointing: str = "none"
+    """Recompute encoder activations in the backward: ``none``, per ``block`` or per ``stage``."""
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-size overrides of any field above: ``[pretrain.models."swinv2-l"] drop_path = 0.2``."""
 
     def __post_init__(self) -> None:
         check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
@@ -145,10 +237,22 @@ class PretrainConfig:
         check(self.val_interval >= 0, "val_interval", f"must be >= 0, got {self.val_interval}")
         check(self.clip_grad >= 0, "clip_grad", f"must be >= 0, got {self.clip_grad}")
         check(0 <= self.drop_path < 1, "drop_path", f"must be in [0, 1), got {self.drop_path}")
+        check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        check(
+            not (self.warmup_steps and self.warmup_fraction),
+            "warmup_steps",
+            f"set one of warmup_steps ({self.warmup_steps}) and warmup_fraction "
+            f"({self.warmup_fraction}); the other must be 0",
+        )
         check(
             0 < self.max_bad_fraction < 1,
             "max_bad_fraction",
             f"must be in (0, 1), got {self.max_bad_fraction}",
+        )
+        check(
+            self.activation_checkpointing in CHECKPOINTING,
+            "activation_checkpointing",
+            f"must be one of {CHECKPOINTING}, got {self.activation_checkpointing!r}",
         )
         from scaling.train.schedule import SCHEDULES
 
@@ -157,6 +261,12 @@ class PretrainConfig:
             "schedule",
             f"unknown schedule {self.schedule!r}; valid: {', '.join(sorted(SCHEDULES))}",
         )
+
+    def warmup_for(self, iterations: int) -> int:
+        """Warm-up steps of a run of ``iterations`` steps."""
+        from scaling.train.schedule import warmup_steps_of
+
+        return self.warmup_steps or warmup_steps_of(self.warmup_fraction, iterations)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,6 +309,8 @@ class FinetuneConfig:
     """Gradient-norm clip (0 disables)."""
     eval_interval: int = 0
     """Evaluate top-1/top-5 every this many iterations (0: only at the end)."""
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-size overrides of any field above: ``[finetune.models."swinv2-l"] layer_decay = 0.7``."""
 
     def __post_init__(self) -> None:
         check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
@@ -233,11 +345,26 @@ class CellResources:
     """GPUs per training worker."""
     workers: int = 1
     """Training workers (DDP ranks) per cell; > 1 runs Ray Train's TorchTrainer."""
+    gpu_memory_gb: float = 80.0
+    """Memory of one GPU in GB as sold (H100: 80); ``plan`` refuses cells that do not fit."""
+    parallelism: str = "ddp"
+    """``ddp`` (replicated weights) or ``fsdp`` (FSDP2: parameters, gradients, optimizer
+    state sharded over the ranks)."""
 
     def __post_init__(self) -> None:
         check(self.cpus > 0, "cpus", f"must be > 0, got {self.cpus}")
         check(self.gpus >= 0, "gpus", f"must be >= 0, got {self.gpus}")
         check(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
+        check(
+            0 < self.gpu_memory_gb <= 4096,
+            "gpu_memory_gb",
+            f"must be in (0, 4096], got {self.gpu_memory_gb}",
+        )
+        check(
+            self.parallelism in PARALLELISM,
+            "parallelism",
+            f"must be one of {PARALLELISM}, got {self.parallelism!r}",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,6 +375,10 @@ class ResourcesConfig:
     """GPUs per training worker (default for every model)."""
     workers: int = 1
     """Training workers per cell (default for every model)."""
+    gpu_memory_gb: float = 80.0
+    """Memory of one GPU in GB as sold (default for every model)."""
+    parallelism: str = "ddp"
+    """``ddp`` or ``fsdp`` (default for every model)."""
     models: dict[str, CellResources] = field(default_factory=dict)
     """Per-model overrides, e.g. ``[resources.models."swinv2-g"] gpus = 1, workers = 8``."""
     max_concurrent: int = 0
@@ -256,12 +387,20 @@ class ResourcesConfig:
     """Retries of a failed cell, each from its last checkpoint."""
 
     def __post_init__(self) -> None:
-        CellResources(cpus=self.cpus, gpus=self.gpus, workers=self.workers)
+        self._default()
         check(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
 
+    def _default(self) -> CellResources:
+        return CellResources(
+            cpus=self.cpus,
+            gpus=self.gpus,
+            workers=self.workers,
+            gpu_memory_gb=self.gpu_memory_gb,
+            parallelism=self.parallelism,
+        )
+
     def for_model(self, model: str) -> CellResources:
-        default = CellResources(cpus=self.cpus, gpus=self.gpus, workers=self.workers)
-        return self.models.get(model, default)
+        return self.models.get(model, self._default())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -280,49 +419,94 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         check(bool(self.name), "name", "must not be empty")
+        check(bool(self.output_dir), "output_dir", "must not be empty")
         from scaling.model.sizes import MODEL_SIZES
 
-        for i, model in enumerate(self.grid.models):
+        valid = ", ".join(MODEL_SIZES)
+        for key, model in self._model_keys():
+            check(model in MODEL_SIZES, key, f"unknown model {model!r}; valid: {valid}")
+        for i, rule in enumerate(self.grid.exclude):
             check(
-                model in MODEL_SIZES,
-                f"grid.models[{i}]",
-                f"unknown model {model!r}; valid: {', '.join(MODEL_SIZES)}",
+                rule.model in ("", *MODEL_SIZES),
+                f"grid.exclude[{i}].model",
+                f"unknown model {rule.model!r}; valid: {valid}",
             )
-        for model in self.resources.models:  # may name sizes outside the grid (--set grids)
-            check(
-                model in MODEL_SIZES,
-                f"resources.models.{model}",
-                f"unknown model {model!r}; valid: {', '.join(MODEL_SIZES)}",
-            )
-        check(bool(self.output_dir), "output_dir", "must not be empty")
-        rules.check_pretrain_schedule(
-            self.pretrain,
-            [(f"grid.iterations[{i}]", it) for i, it in enumerate(self.grid.iterations)],
-        )
+        for section in ("pretrain", "finetune", "resources"):
+            for model in getattr(self, section).models:  # may name sizes outside the grid
+                check(
+                    model in MODEL_SIZES,
+                    f"{section}.models.{model}",
+                    f"unknown model {model!r}; valid: {valid}",
+                )
         ratios = tuple((f"grid.mask_ratios[{i}]", r) for i, r in enumerate(self.grid.mask_ratios))
-        for i, model in enumerate(self.grid.models):
-            where = f"grid.models[{i}]"
-            rules.check_model_fits(model, self.pretrain, self.finetune, where, ratios)
-            _check_batches(self.pretrain, self.finetune, self.resources.for_model(model))
+        for key, model in self._model_keys():
+            pretrain, finetune = self.pretrain_for(model), self.finetune_for(model)
+            rules.check_pretrain_schedule(pretrain, self._length_keys(model))
+            rules.check_model_fits(model, pretrain, finetune, key, ratios)
+            _check_batches(pretrain, finetune, self.resources.for_model(model))
+
+    def _model_keys(self) -> list[tuple[str, str]]:
+        """(dotted key, model) of each model of the grid, first mention."""
+        g = self.grid
+        if g.cells:
+            keys = [(f"grid.cells[{i}].model", c.model) for i, c in enumerate(g.cells)]
+        else:
+            keys = [(f"grid.models[{i}]", m) for i, m in enumerate(g.models)]
+        return list({m: (k, m) for k, m in reversed(keys)}.values())[::-1]
+
+    def _length_keys(self, model: str) -> list[tuple[str, int]]:
+        """(dotted key, iterations) of each length ``model`` trains for."""
+        g = self.grid
+        if g.cells:
+            return [
+                (f"grid.cells[{i}].iterations", c.iterations)
+                for i, c in enumerate(g.cells)
+                if c.model == model
+            ]
+        lengths = {it for m, _, it in g.points() if m == model}
+        return [(f"grid.iterations[{i}]", it) for i, it in enumerate(g.iterations) if it in lengths]
+
+    def pretrain_for(self, model: str) -> PretrainConfig:
+        """The pre-training recipe of ``model``: the study's, with its per-size overrides."""
+        return _resolved(self.pretrain, model, "pretrain")
+
+    def finetune_for(self, model: str) -> FinetuneConfig:
+        """The fine-tuning recipe of ``model``: the study's, with its per-size overrides."""
+        return _resolved(self.finetune, model, "finetune")
 
     def cells(self) -> list[CellConfig]:
         """The grid in a stable order: model, data, iterations, seed, mask ratio."""
-        ratios = self.grid.mask_ratios or (self.pretrain.mask_ratio,)
-        return [
-            CellConfig(
-                model=m,
-                data=d,
-                iterations=it,
-                seed=s,
-                data_config=self.data,
-                pretrain=dataclasses.replace(self.pretrain, mask_ratio=r),
-                finetune=self.finetune,
-                resources=self.resources.for_model(m),
+        ratios = self.grid.mask_ratios or (None,)
+        out = []
+        for (m, d, it), s, r in itertools.product(self.grid.points(), self.grid.seeds, ratios):
+            pretrain = self.pretrain_for(m)
+            out.append(
+                CellConfig(
+                    model=m,
+                    data=d,
+                    iterations=it,
+                    seed=s,
+                    data_config=self.data,
+                    pretrain=pretrain if r is None else dataclasses.replace(pretrain, mask_ratio=r),
+                    finetune=self.finetune_for(m),
+                    resources=self.resources.for_model(m),
+                )
             )
-            for m, d, it, s, r in itertools.product(
-                self.grid.models, self.grid.data, self.grid.iterations, self.grid.seeds, ratios
-            )
-        ]
+        return out
+
+
+T = TypeVar("T", PretrainConfig, FinetuneConfig)
+
+
+def _resolved(base: T, model: str, section: str) -> T:
+    """``base`` with the overrides of ``[<section>.models."<model>"]`` (and none nested)."""
+    overrides = base.models.get(model)
+    if not overrides:
+        return dataclasses.replace(base, models={}) if base.models else base
+    prefix = f"{section}.models.{model}"
+    check("models" not in overrides, f"{prefix}.models", "per-size recipes do not nest")
+    merged = {**to_dict(base), **overrides, "models": {}}
+    return from_dict(type(base), merged, prefix)
 
 
 @dataclass(frozen=True, kw_only=True)

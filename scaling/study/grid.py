@@ -1,13 +1,14 @@
-"""Run a study's cells on Ray Tune: one trial per cell. The only module that imports ray.
+"""Run a study's stages on Ray Tune: one trial per stage. The only module that imports ray.
 
-Each trial runs :func:`scaling.cell.run.run_trial` for its cell, with the cell's
-resources (a placement group of one bundle; a cell with ``workers > 1`` runs
-Ray Train's TorchTrainer, one DDP rank per worker, inside its trial). A failed
-trial is retried (``FailureConfig``) and the retry resumes from the cell's last
-checkpoint in the store, not from scratch. Resume across driver restarts and
-growth of a study are the store's job, not Tune's: the caller passes only the
-cells that are not complete, and each run is a fresh Tune experiment under
-``<output_dir>/ray``.
+Each trial runs :func:`scaling.cell.run.run_stage` for its stage, with its cell's
+resources (a placement group of one bundle; ``workers > 1`` runs Ray Train's
+TorchTrainer, one DDP rank per worker, inside the trial). A searcher hands Tune each
+stage once its input exists — a branch once its trunk wrote the fork checkpoint, a
+fine-tune once its encoder is complete — so dependencies cost no slot. A crashed trial is
+retried (``FailureConfig``) and resumes from the stage's last checkpoint in the store;
+a user error fails the stage at once. Resume across driver restarts and growth of a
+study are the store's job, not Tune's: the caller passes only the stages that are not
+complete, and each run is a fresh Tune experiment under ``<output_dir>/ray``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from typing import Any
 import ray
 from ray import tune
 from ray.tune import Callback, PlacementGroupFactory
+from ray.tune.search import Searcher
 
-from scaling.config.parse import ConfigError, from_dict, to_dict
+from scaling.config.parse import ConfigError, from_dict
 from scaling.config.schema import CellConfig
 from scaling.errors import UserError
 from scaling.study.store import ResultStore
@@ -41,10 +43,11 @@ ProgressHook = Callable[[Collection[str]], None]
 @dataclass
 class GridResult:
     completed: list[str] = field(default_factory=list)
+    """Stage ids."""
     failed: dict[str, str] = field(default_factory=dict)
-    """cell_id → error of its last attempt."""
+    """stage_id → error of its last attempt (or of its upstream stage)."""
     retries: dict[str, int] = field(default_factory=dict)
-    """cell_id → attempts that failed and were retried."""
+    """stage_id → attempts that failed and were retried."""
     wall_s: float = 0.0
     max_concurrent: int = 0
 
@@ -102,20 +105,20 @@ class _Progress(Callback):
         self._last = 0.0
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.running.add(trial.config["cell_id"])
+        self.running.add(trial.config["stage_id"])
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        cell_id = trial.config["cell_id"]
-        self.retries[cell_id] = self.retries.get(cell_id, 0) + 1
-        self.running.discard(cell_id)
-        log.warning("cell %s failed; retrying from its last checkpoint", cell_id)
+        stage_id = trial.config["stage_id"]
+        self.retries[stage_id] = self.retries.get(stage_id, 0) + 1
+        self.running.discard(stage_id)
+        log.warning("stage %s failed; retrying from its last checkpoint", stage_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.running.discard(trial.config["cell_id"])
+        self.running.discard(trial.config["stage_id"])
         self.tick(force=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.running.discard(trial.config["cell_id"])
+        self.running.discard(trial.config["stage_id"])
         self.tick(force=True)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
@@ -146,49 +149,58 @@ def _set_threads(cpus: float) -> None:
 
 
 def _ddp_worker(config: dict[str, Any]) -> None:
-    """One DDP rank of a multi-worker cell (runs in a Ray Train worker)."""
+    """One DDP rank of a multi-worker stage (runs in a Ray Train worker)."""
     from ray import train
     from ray.train.torch import get_device
 
-    from scaling.cell.run import run_trial
-
     _set_env(config["env"])
-    cell = from_dict(CellConfig, config["cell"])
+    job = config["job"]
+    cell = from_dict(CellConfig, job["cell"])
     _set_threads(cell.resources.cpus)
     ctx = train.get_context()
     # No ray.train.report: Train V2 makes it a barrier of all ranks, and only rank 0
     # writes progress; the driver reads progress.json from the store instead.
-    run_trial(
+    _run_job(
+        job,
         cell,
         ResultStore(config["store"]),
-        config["cell_id"],
         rank=ctx.get_world_rank(),
         world_size=ctx.get_world_size(),
         device=get_device(),  # this worker's GPU (cpu without one)
     )
 
 
-def _run_ddp(cell: CellConfig, cell_id: str, store: ResultStore, env: dict[str, str]) -> None:
+def _run_job(job: dict[str, Any], cell: CellConfig, store: ResultStore, **kw: Any) -> Any:
+    from scaling.cell.run import run_stage
+
+    return run_stage(
+        job["kind"],
+        job["stage_id"],
+        cell,
+        store,
+        pretrain_id=job["pretrain_id"],
+        forks=job["forks"],
+        prefix_step=job["prefix_step"],
+        **kw,
+    )
+
+
+def _run_ddp(job: dict[str, Any], cell: CellConfig, store: ResultStore, env: dict) -> None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     r = cell.resources
     trainer = TorchTrainer(
         _ddp_worker,
-        train_loop_config={
-            "cell": to_dict(cell),
-            "cell_id": cell_id,
-            "store": store.uri,
-            "env": env,
-        },
+        train_loop_config={"job": job, "store": store.uri, "env": env},
         scaling_config=ScalingConfig(
             num_workers=r.workers,
             use_gpu=r.gpus > 0,
             resources_per_worker={"CPU": r.cpus} | ({"GPU": r.gpus} if r.gpus else {}),
         ),
-        # Tune retries the whole cell; Train itself does not.
+        # Tune retries the whole stage; Train itself does not.
         run_config=RunConfig(
-            name=f"ddp-{cell_id}-{int(time.time())}",
+            name=f"ddp-{job['stage_id']}-{int(time.time())}",
             storage_path=_storage_path(store),
             failure_config=FailureConfig(max_failures=0),
         ),
@@ -196,48 +208,116 @@ def _run_ddp(cell: CellConfig, cell_id: str, store: ResultStore, env: dict[str, 
     trainer.fit()
 
 
-def _cell_trainable(
-    config: dict[str, Any], *, cells: dict[str, dict[str, Any]], store_uri: str, env: dict
+def _stage_trainable(
+    config: dict[str, Any], *, jobs: dict[str, dict[str, Any]], store_uri: str, env: dict
 ) -> None:
-    """The Tune trial of one cell."""
-    from scaling.cell.run import run_trial
-
+    """The Tune trial of one stage."""
     _set_env(env)
-    cell_id = config["cell_id"]
-    cell = from_dict(CellConfig, cells[cell_id])
+    job = jobs[config["stage_id"]]
+    kind, stage_id = job["kind"], job["stage_id"]
+    cell = from_dict(CellConfig, job["cell"])
     store = ResultStore(store_uri)
-    if store.is_complete(cell_id):  # a retry after the row was written
-        tune.report({"step": cell.iterations, "phase": "done"})
+    if store.stage_complete(kind, stage_id):  # a retry after the result was written
+        tune.report({"phase": "done"})
         return
     try:
-        _check_digests(cell, cell_id, store)
+        _check_digests(job, cell, store)
         if cell.resources.workers > 1:
-            _run_ddp(cell, cell_id, store, env)
-            row = store.cell_row(cell_id) or {}
+            _run_ddp(job, cell, store, env)
+            row = store.stage_row(kind, stage_id) or {}
         else:
             _set_threads(cell.resources.cpus)
-            row = run_trial(cell, store, cell_id, report=_report_to_tune)
+            row = _run_job(job, cell, store, report=_report_to_tune)
     except UserError as err:  # a crash is not caught: Tune retries it from its checkpoint
         # A user error (bad data, non-finite loss) fails the same way again: no retry.
-        store.write_failure(cell_id, cell.row_fields(), error_line(err))
+        store.write_stage_failure(kind, stage_id, _fields(kind, cell), error_line(err))
         tune.report({"phase": "failed"})
         return
-    _report_to_tune({"phase": "done", "val_loss": row.get("val_loss"), "step": cell.iterations})
+    _report_to_tune({"phase": "done", "val_loss": row.get("val_loss")})
 
 
-def _check_digests(cell: CellConfig, cell_id: str, store: ResultStore) -> None:
-    """Refuse a cell whose manifests changed after the driver planned it (a rebuild while
+def _fields(kind: str, cell: CellConfig) -> dict[str, Any]:
+    """A failed stage's row: what is known before it runs."""
+    return cell.row_fields() if kind == "pretrain" else {"target": cell.data_config.finetune_train}
+
+
+def _check_digests(job: dict[str, Any], cell: CellConfig, store: ResultStore) -> None:
+    """Refuse a stage whose manifests changed after the driver planned it (a rebuild while
     the grid ran): its id, and every result it would write, stand for the old ones."""
     from scaling.config.identity import manifest_digests
 
-    planned = (store.read_json(f"cells/{cell_id}/cell.json") or {}).get("digests")
+    record = store.read_json(f"stages/{job['kind']}/{job['stage_id']}/stage.json") or {}
+    planned = record.get("identity", {}).get("digests")
+    if planned is None:
+        return
     now = manifest_digests(cell)
-    if planned is not None and planned != now:
-        changed = sorted(n for n in now if planned.get(n) != now[n])
+    changed = sorted(n for n in planned if planned[n] != now.get(n))
+    if changed:
         raise ConfigError(
             "data.manifest_dir",
-            f"cell {cell_id}: manifests changed since it was planned: {', '.join(changed)}",
+            f"stage {job['stage_id']}: manifests changed since it was planned: "
+            f"{', '.join(changed)}",
         )
+
+
+class _StageSearcher(Searcher):
+    """Hands Tune the stages in order, each once its input exists: a branch when its trunk
+    has written its fork checkpoint (or ended), a fine-tune when its encoder is complete.
+    A stage whose upstream failed fails here without a trial. Until something is ready it
+    answers None and Tune asks again (no trial sits waiting on a slot)."""
+
+    def __init__(self, order: Sequence[dict[str, Any]], store: ResultStore) -> None:
+        super().__init__()
+        self.pending = list(order)
+        self.store = store
+        self.trials: dict[str, str] = {}
+        self.crashed: set[str] = set()
+        self.failed: dict[str, str] = {}
+
+    def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        for job in list(self.pending):
+            ready = self._ready(job)
+            if ready is None:
+                continue
+            self.pending.remove(job)
+            if ready is not True:
+                self._fail(job, ready)
+                continue
+            self.trials[trial_id] = job["stage_id"]
+            return {"stage_id": job["stage_id"]}
+        return Searcher.FINISHED if not self.pending else None
+
+    def on_trial_complete(self, trial_id: str, result: Any = None, error: bool = False) -> None:
+        if error and trial_id in self.trials:
+            self.crashed.add(self.trials[trial_id])
+
+    def _ended(self, stage_id: str) -> str | None:
+        """'complete', 'failed' (with its error in self.failed) or None (not yet)."""
+        if stage_id in self.crashed or stage_id in self.failed:
+            return "failed"
+        row = self.store.stage_row("pretrain", stage_id)
+        return None if row is None else row.get("status")
+
+    def _ready(self, job: dict[str, Any]) -> bool | str | None:
+        """True: run it; a message: its upstream failed; None: wait."""
+        if job["kind"] == "finetune":
+            ended = self._ended(job["pretrain_id"])
+            if ended == "complete":
+                return True
+            return None if ended is None else f"pre-training stage {job['pretrain_id']} failed"
+        trunk = job.get("trunk_id")
+        if not trunk or self.store.exists(f"stages/pretrain/{job['stage_id']}/checkpoint.pt"):
+            return True
+        return True if self._ended(trunk) is not None else None  # trunk gone: run on its own
+
+    def _fail(self, job: dict[str, Any], message: str) -> None:
+        self.failed[job["stage_id"]] = message
+        cell = from_dict(CellConfig, job["cell"])
+        fields = _fields(job["kind"], cell) | {"pretrain_id": job.get("pretrain_id")}
+        self.store.write_stage_failure(job["kind"], job["stage_id"], fields, message)
 
 
 def error_line(err: BaseException) -> str:
@@ -300,32 +380,31 @@ def _check_shared_storage(store: ResultStore) -> None:
 
 
 def _tuner(
-    configs: dict[str, CellConfig],
+    jobs: Sequence[dict[str, Any]],
     store: ResultStore,
+    searcher: _StageSearcher,
     max_concurrent: int,
     max_failures: int,
     progress: _Progress,
 ) -> tune.Tuner:
-    """One Tune experiment: a trial per cell, each with its cell's placement group."""
+    """One Tune experiment: a trial per stage, each with its cell's placement group."""
     env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    by_id = {j["stage_id"]: j for j in jobs}
+    cells = {i: from_dict(CellConfig, j["cell"]) for i, j in by_id.items()}
     trainable = tune.with_resources(
-        tune.with_parameters(
-            _cell_trainable,
-            cells={i: to_dict(c) for i, c in configs.items()},
-            store_uri=store.uri,
-            env=env,
-        ),
-        resources=lambda config: placement(configs[config["cell_id"]]),
+        tune.with_parameters(_stage_trainable, jobs=by_id, store_uri=store.uri, env=env),
+        resources=lambda config: placement(cells[config["stage_id"]]),
     )
     return tune.Tuner(
         trainable,
-        param_space={"cell_id": tune.grid_search(list(configs))},
         tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=len(jobs),
             max_concurrent_trials=max_concurrent,
-            trial_name_creator=lambda t: t.config["cell_id"],
-            trial_dirname_creator=lambda t: t.config["cell_id"],
-            # a cell's process is reused by the next cell of the same shape: no
-            # second torch import (seconds per cell on a small machine)
+            trial_name_creator=lambda t: t.config["stage_id"],
+            trial_dirname_creator=lambda t: t.config["stage_id"],
+            # a stage's process is reused by the next stage of the same shape: no
+            # second torch import (seconds per stage on a small machine)
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
@@ -339,23 +418,25 @@ def _tuner(
 
 
 def _collect(
-    grid: Any, configs: dict[str, CellConfig], store: ResultStore, result: GridResult
+    grid: Any, jobs: dict[str, dict[str, Any]], store: ResultStore, result: GridResult
 ) -> None:
-    """Completed and failed cells of a finished experiment; failures get their row."""
+    """Completed and failed stages of a finished experiment; failures get their row."""
     for trial_result in grid:
-        cell_id = trial_result.config["cell_id"]
-        if trial_result.error is None and store.is_complete(cell_id):
-            result.completed.append(cell_id)
+        stage_id = trial_result.config["stage_id"]
+        kind = jobs[stage_id]["kind"]
+        if trial_result.error is None and store.stage_complete(kind, stage_id):
+            result.completed.append(stage_id)
             continue
         err = trial_result.error
-        row = store.cell_row(cell_id) or {}
-        message = error_line(err) if err else row.get("error") or "finished without a row"
-        result.failed[cell_id] = message
-        store.write_failure(cell_id, configs[cell_id].row_fields(), message)
+        row = store.stage_row(kind, stage_id) or {}
+        message = error_line(err) if err else row.get("error") or "finished without a result"
+        result.failed[stage_id] = message
+        cell = from_dict(CellConfig, jobs[stage_id]["cell"])
+        store.write_stage_failure(kind, stage_id, _fields(kind, cell), message)
 
 
 def run_grid(
-    cells: Sequence[tuple[str, CellConfig]],
+    jobs: Sequence[dict[str, Any]],
     store: ResultStore,
     *,
     address: str | None = None,
@@ -365,28 +446,30 @@ def run_grid(
     progress_interval_s: float = 10.0,
     verbose: bool = False,
 ) -> GridResult:
-    """Run ``cells`` (id, config) as one Tune experiment; returns what completed and failed."""
+    """Run the stages ``jobs`` (:meth:`Stage.to_job`, in priority order) as one Tune
+    experiment, each once its input exists; returns what completed and failed."""
     result = GridResult()
-    if not cells:
+    if not jobs:
         return result
     _quiet()
     started = connect(address, verbose=verbose)
     t0 = time.monotonic()
     try:
-        configs = {cell_id: cell for cell_id, cell in cells}
+        by_id = {j["stage_id"]: j for j in jobs}
+        cells = [from_dict(CellConfig, j["cell"]) for j in jobs]
         _check_shared_storage(store)
-        result.max_concurrent = concurrency(
-            list(configs.values()), ray.cluster_resources(), max_concurrent
-        )
+        result.max_concurrent = concurrency(cells, ray.cluster_resources(), max_concurrent)
         progress = _Progress(on_progress, progress_interval_s)
-        tuner = _tuner(configs, store, result.max_concurrent, max_failures, progress)
+        searcher = _StageSearcher(jobs, store)
+        tuner = _tuner(jobs, store, searcher, result.max_concurrent, max_failures, progress)
         log.info(
-            "running %d cells, up to %d at once, on %s",
-            len(configs),
+            "running %d stages, up to %d at once, on %s",
+            len(jobs),
             result.max_concurrent,
             address or os.environ.get("RAY_ADDRESS") or "a local Ray instance",
         )
-        _collect(tuner.fit(), configs, store, result)
+        _collect(tuner.fit(), by_id, store, result)
+        result.failed |= searcher.failed
         result.retries = dict(progress.retries)
     finally:
         result.wall_s = time.monotonic() - t0

@@ -55,6 +55,22 @@ class CellPlan:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SharingRow:
+    """One (model, data, recipe, seed) group of lengths: pre-training with and without
+    prefix sharing (the trunk trains the longest length; each other starts at its fork)."""
+
+    model: str
+    data: str
+    lengths: tuple[int, ...]
+    forks: tuple[int, ...]
+    """Per length, the step it starts from (0: from scratch)."""
+    iterations: int
+    shared_iterations: int
+    flops: float
+    shared_flops: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class StudyPlan:
     name: str
     source: str
@@ -62,10 +78,27 @@ class StudyPlan:
     mfu: float
     peak_tflops: float
     axes: dict[str, int]
+    sharing: tuple[SharingRow, ...] = ()
+    """Pre-training with and without prefix sharing, per group of lengths."""
+    share_prefix: bool = True
+    excluded: int = 0
+    """Product points left out by ``[[grid.exclude]]``."""
 
     @property
     def total_flops(self) -> float:
         return sum(c.pretrain_flops for c in self.cells)
+
+    def sharing_total(self) -> dict[str, float]:
+        """Iterations, FLOPs and GPU-hours of pre-training, without and with sharing."""
+        keys = ("iterations", "shared_iterations", "flops", "shared_flops")
+        out = {k: float(sum(getattr(r, k) for r in self.sharing)) for k in keys}
+        per_h = self.total_gpu_hours / max(self.total_flops, 1.0)
+        out["gpu_hours"], out["shared_gpu_hours"] = (
+            out["flops"] * per_h,
+            out["shared_flops"] * per_h,
+        )
+        out["ratio"] = out["shared_iterations"] / max(out["iterations"], 1.0)
+        return out
 
     @property
     def total_gpu_hours(self) -> float:
@@ -82,7 +115,13 @@ class StudyPlan:
                 "pre-training only",
             },
             "axes": self.axes,
+            "excluded": self.excluded,
             "cells": [asdict(c) for c in self.cells],
+            "sharing": {
+                "enabled": self.share_prefix,
+                "groups": [asdict(r) for r in self.sharing],
+                "total": self.sharing_total(),
+            },
             "total": {
                 "cells": len(self.cells),
                 "pretrain_flops": self.total_flops,
@@ -157,6 +196,7 @@ def plan_study(
 ) -> StudyPlan:
     subsets = study_subsets(study)
     rows = []
+    per_hour = 1 / (mfu * peak_tflops * 1e12) / 3600
     for cell in study.cells():
         p = cell.pretrain
         digests = cell_digests(cell, subsets)
@@ -176,15 +216,16 @@ def plan_study(
                 mask_ratio=p.mask_ratio,
                 epochs=None if not info.images else cell.epochs_seen(info.images),
                 pretrain_flops=flops,
-                gpu_hours=flops / (mfu * peak_tflops * 1e12) / 3600,
+                gpu_hours=flops * per_hour,
                 gpus=cell.resources.gpus * cell.resources.workers,
             )
         )
     g = study.grid
+    points = g.points()
     axes = {
-        "models": len(g.models),
-        "data": len(g.data),
-        "iterations": len(g.iterations),
+        "models": len(g.model_names()),
+        "data": len({d for _, d, _ in points}),
+        "iterations": len({it for _, _, it in points}),
         "seeds": len(g.seeds),
         "mask_ratios": len(g.mask_ratios) or 1,
     }
@@ -195,7 +236,46 @@ def plan_study(
         mfu=mfu,
         peak_tflops=peak_tflops,
         axes=axes,
+        sharing=tuple(_sharing(study, subsets)),
+        share_prefix=g.share_prefix,
+        excluded=len(g._product()) - len(points),
     )
+
+
+def _sharing(study: StudyConfig, subsets: dict[str, Any]) -> list[SharingRow]:
+    """Per group of lengths: pre-training iterations and FLOPs without and with sharing
+    (with ``grid.share_prefix = false`` both are the same)."""
+    from scaling.study.stages import build_graph
+
+    pairs = []
+    for cell in study.cells():
+        digests = {n: subsets[n].digest or f"pending-{n}" for n in cell.subsets()}
+        pairs.append((cell, digests))
+    graph = build_graph(pairs, share_prefix=study.grid.share_prefix)
+    groups: dict[str, list[Any]] = {}  # by trunk: a trunk and its branches
+    for stage in graph.pretrain.values():
+        groups.setdefault(stage.trunk_id or stage.stage_id, []).append(stage)
+    out = []
+    for stages in groups.values():
+        stages.sort(key=lambda s: s.cell.iterations)
+        per_step = [pretrain_flops(s.cell) / s.cell.iterations for s in stages]
+        lengths = tuple(s.cell.iterations for s in stages)
+        forks = tuple(s.fork_step for s in stages)
+        out.append(
+            SharingRow(
+                model=stages[0].cell.model,
+                data=stages[0].cell.data,
+                lengths=lengths,
+                forks=forks,
+                iterations=sum(lengths),
+                shared_iterations=sum(n - f for n, f in zip(lengths, forks, strict=True)),
+                flops=sum(f * n for f, n in zip(per_step, lengths, strict=True)),
+                shared_flops=sum(
+                    f * (n - k) for f, n, k in zip(per_step, lengths, forks, strict=True)
+                ),
+            )
+        )
+    return out
 
 
 def _si(value: float | None, unit: str = "") -> str:
@@ -223,7 +303,8 @@ def format_plan(plan: StudyPlan) -> str:
     """The plan as a fixed-width table with totals and the throughput assumption."""
     axes = " × ".join(f"{n} {k}" for k, n in plan.axes.items() if n > 1 or k == "models")
     lines = [
-        f"study {plan.name} ({plan.source}): {len(plan.cells)} cells = {axes}",
+        f"study {plan.name} ({plan.source}): {len(plan.cells)} cells = {axes}"
+        + (f", less {plan.excluded} excluded (grid.exclude)" if plan.excluded else ""),
         f"GPU-hours assume {plan.mfu:.0%} MFU of {plan.peak_tflops:g} TFLOP/s per GPU "
         "(H100 SXM dense bf16 by default; --mfu, --peak-tflops), pre-training only",
         "",
@@ -248,9 +329,35 @@ def format_plan(plan: StudyPlan) -> str:
         f"total: {len(plan.cells)} cells, {_si(plan.total_flops, 'FLOP')} pre-training, "
         f"{_short(total_h)} GPU-hours ({_short(total_h / 24)} GPU-days)"
     )
+    lines += _format_sharing(plan)
     if any(not c.images_exact for c in plan.cells):
         lines.append(
             "~ image count estimated from the standard subset size (no manifest on disk); "
             "pending-manifest: the cell id needs the manifests' digests"
         )
     return "\n".join(lines)
+
+
+def _format_sharing(plan: StudyPlan) -> list[str]:
+    """Pre-training iterations, FLOPs and GPU-hours with and without prefix sharing."""
+    t = plan.sharing_total()
+    if not plan.share_prefix:
+        return ["prefix sharing: off (grid.share_prefix = false): every length from scratch"]
+    lines = ["", "pre-training with prefix sharing (each shorter length branches off the "
+             "longest at its fork step):"]  # fmt: skip
+    head = f"{'model':<12} {'data':<14} {'lengths (fork)':<44} {'iterations':>12} {'shared':>12}"
+    lines += [head, "-" * len(head)]
+    for r in plan.sharing:
+        spans = ", ".join(
+            f"{n:,}" + (f" ({k:,})" if k else "") for n, k in zip(r.lengths, r.forks, strict=True)
+        )
+        lines.append(
+            f"{r.model:<12} {r.data:<14} {spans:<44} {r.iterations:>12,} {r.shared_iterations:>12,}"
+        )
+    lines.append(
+        f"pre-training: {t['iterations']:,.0f} iterations without sharing, "
+        f"{t['shared_iterations']:,.0f} with ({t['ratio']:.3f}×); "
+        f"{_si(t['flops'], 'FLOP')} → {_si(t['shared_flops'], 'FLOP')}; "
+        f"{_short(t['gpu_hours'])} → {_short(t['shared_gpu_hours'])} GPU-hours"
+    )
+    return lines

@@ -2,9 +2,10 @@
 
 Order matters, so that a bad study writes nothing: the study is already valid
 when it gets here (:func:`scaling.config.schema.load_study`); then the demo data is
-built if the study asks for it, every manifest must exist, cell ids are computed
-from the config and the manifest digests, and a cell whose manifests changed
-since it started is refused. Only then is anything written under ``output_dir``.
+built if the study asks for it, every manifest must exist, the stage graph and its
+ids are computed from the config and the manifest digests, results of an older
+layout and stages whose manifests changed since they started are refused. Only
+then is anything written under ``output_dir``.
 """
 
 from __future__ import annotations
@@ -13,57 +14,37 @@ import difflib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from scaling.config.identity import (
     KNOWN_IMAGES,
     SubsetInfo,
     cell_digests,
-    cell_id,
-    cell_identity,
-    config_key,
     estimate_images,
+    stage_key,
     study_hash,
     study_subsets,
 )
 from scaling.config.parse import ConfigError, locate, to_dict
-from scaling.config.schema import CellConfig, StudyConfig
+from scaling.config.schema import StudyConfig
+from scaling.study.stages import KINDS, StageGraph, build_graph
 from scaling.study.store import ResultStore
 
 log = logging.getLogger(__name__)
 
-STARTED_MARKERS = ("progress.json", "checkpoint.pt", "row.parquet")
-"""Files that show a cell directory holds work (not only its config)."""
-
-
-@dataclass(frozen=True)
-class PlannedCell:
-    """A cell of the study with its id and the digests of the manifests it reads."""
-
-    cell_id: str
-    cell: CellConfig
-    digests: dict[str, str]
-
-    def record(self) -> dict[str, object]:
-        """``cells/<id>/cell.json``: the identity, and the key that survives manifest rebuilds."""
-        return {
-            "cell_id": self.cell_id,
-            "config_key": config_key(self.cell),
-            "digests": dict(sorted(self.digests.items())),
-            "identity": cell_identity(self.cell, self.digests),
-        }
+STARTED_MARKERS = ("progress.json", "checkpoint.pt", "finetune.pt", "result.parquet")
+"""Files that show a stage directory holds work (not only its record)."""
 
 
 @dataclass(frozen=True)
 class RunSet:
-    """The study's cells with their ids, split into finished and to-do."""
+    """The study's stage graph, its stages split into finished and to-do."""
 
-    cells: tuple[PlannedCell, ...]
-    """In grid order."""
+    graph: StageGraph
     done: tuple[str, ...]
+    """Stage ids complete in the store."""
     todo: tuple[str, ...]
-
-    def by_id(self) -> dict[str, PlannedCell]:
-        return {c.cell_id: c for c in self.cells}
+    """Stage ids to run, pre-training first."""
 
 
 def located(study: StudyConfig, key: str, message: str) -> ConfigError:
@@ -139,75 +120,138 @@ def check_manifests(study: StudyConfig) -> dict[str, SubsetInfo]:
     raise located(study, keys.get(missing[0], "data.manifest_dir"), listed + build)
 
 
-def resolve_cells(study: StudyConfig, subsets: dict[str, SubsetInfo]) -> list[PlannedCell]:
-    """Every cell with its id; the manifests must exist (:func:`check_manifests`)."""
-    out = []
+def study_graph(study: StudyConfig, subsets: dict[str, SubsetInfo]) -> StageGraph:
+    """The stage graph of the study; every manifest must exist (:func:`check_manifests`)."""
+    pairs = []
     for cell in study.cells():
         digests = cell_digests(cell, subsets)
         if digests is None:
-            raise ValueError("resolve_cells needs every manifest; call check_manifests first")
-        out.append(PlannedCell(cell_id=cell_id(cell, digests), cell=cell, digests=digests))
-    return out
+            raise ValueError("study_graph needs every manifest; call check_manifests first")
+        pairs.append((cell, digests))
+    return build_graph(pairs, share_prefix=study.grid.share_prefix)
 
 
-def digest_conflicts(store: ResultStore, cells: list[PlannedCell]) -> list[str]:
-    """Cells that started with manifests whose digests have changed since."""
-    ours = {config_key(c.cell): c for c in cells}
+def refuse_old_layout(study: StudyConfig, store: ResultStore) -> None:
+    """Results of mimscale before stages (one ``cells/<id>/`` directory per cell, format 2)
+    have other ids and files: they are refused rather than silently mixed in."""
+    if not store.exists("cells") or not store.cell_ids():
+        return
+    raise located(
+        study,
+        "output_dir",
+        f"{store.uri} holds results of an earlier mimscale layout (one directory per cell "
+        "under cells/, cell format 2); stages have other ids and files, so they are not "
+        "reused. Write to a new output_dir (--set output_dir=…) or move the old results "
+        "away; `mimscale analyze` still reads their cells.parquet",
+    )
+
+
+def digest_conflicts(store: ResultStore, graph: StageGraph) -> list[str]:
+    """Stages that started with manifests whose digests have changed since."""
+    ours = {stage_key(s.identity): s for s in graph.stages()}
     problems = []
-    for other_id in store.cell_ids():
-        record = store.read_json(f"cells/{other_id}/cell.json")
-        planned = ours.get((record or {}).get("config_key"))
-        if planned is None or planned.cell_id == other_id:
-            continue
-        if not any(store.exists(f"cells/{other_id}/{m}") for m in STARTED_MARKERS):
-            continue  # only its config was written: nothing to protect
-        old = record.get("digests", {})
-        changed = [
-            f"{name} {str(old.get(name))[:12]} → {digest[:12]}"
-            for name, digest in planned.digests.items()
-            if old.get(name) != digest
-        ]
-        c = planned.cell
-        problems.append(
-            f"cell {other_id} ({c.model}, {c.data}, {c.iterations} iterations) started with "
-            f"other manifests: {', '.join(changed)}"
-        )
+    for kind in KINDS:
+        for other_id in store.stage_ids(kind):
+            record = store.read_json(f"stages/{kind}/{other_id}/stage.json") or {}
+            planned = ours.get(record.get("key"))
+            if planned is None or planned.stage_id == other_id:
+                continue
+            if not any(store.exists(f"stages/{kind}/{other_id}/{m}") for m in STARTED_MARKERS):
+                continue  # only its record was written: nothing to protect
+            old = record.get("identity", {}).get("digests", {})
+            new = planned.identity["digests"]
+            changed = [
+                f"{name} {str(old.get(name))[:12]} → {str(d)[:12]}"
+                for name, d in new.items()
+                if old.get(name) != d
+            ]
+            c = planned.cell
+            problems.append(
+                f"{kind} stage {other_id} ({c.model}, {c.data}, {c.iterations} iterations) "
+                f"started with other manifests: {', '.join(changed) or 'an upstream stage'}"
+            )
     return problems
 
 
+def seed_from_prefixes(store: ResultStore, graph: StageGraph) -> list[tuple[str, str, int]]:
+    """Grown studies: a pre-training stage with no checkpoint yet starts from the longest
+    prefix a shorter length of its group already trained (``prefix.pt``), when that is
+    further than its own fork. Returns (stage, source stage, step) of each seeded stage."""
+    seeded = []
+    for stage in graph.pretrain.values():
+        ckpt = f"{stage.dir}/checkpoint.pt"
+        if store.stage_complete("pretrain", stage.stage_id) or store.exists(ckpt):
+            continue
+        best: tuple[int, str] | None = None
+        for other_id in store.stage_ids("pretrain"):
+            record = store.read_json(f"stages/pretrain/{other_id}/stage.json") or {}
+            if not _same_group(record.get("identity", {}), stage.identity):
+                continue
+            step = int(record.get("prefix_step") or 0)
+            length = int(record["identity"]["iterations"])
+            if length >= stage.cell.iterations or step <= max(stage.fork_step, 0):
+                continue
+            if store.exists(f"stages/pretrain/{other_id}/prefix.pt") and (
+                best is None or step > best[0]
+            ):
+                best = (step, other_id)
+        if best is not None:
+            data = store.read_bytes(f"stages/pretrain/{best[1]}/prefix.pt")
+            if data is not None:
+                store.write_bytes(ckpt, data)
+                seeded.append((stage.stage_id, best[1], best[0]))
+                log.info("stage %s starts at step %d from %s", stage.stage_id, *best)
+    return seeded
+
+
+def _same_group(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two pre-training identities that differ only in their length."""
+    drop = ("iterations",)
+    return bool(a) and {k: v for k, v in a.items() if k not in drop} == {
+        k: v for k, v in b.items() if k not in drop
+    }
+
+
 def prepare_run(study: StudyConfig, store: ResultStore) -> RunSet:
-    """Demo data, manifests, ids, conflicts and the done/to-do split; writes no results."""
+    """Demo data, manifests, the stage graph, conflicts and the done/to-do split; writes no
+    results (prefix seeding of a grown study happens in :func:`write_study_record`)."""
     ensure_demo(study)
-    cells = resolve_cells(study, check_manifests(study))
-    problems = digest_conflicts(store, cells)
+    graph = study_graph(study, check_manifests(study))
+    refuse_old_layout(study, store)
+    problems = digest_conflicts(store, graph)
     if problems:
         raise located(
             study,
             "data.manifest_dir",
-            "refusing cells whose manifests changed since they started (restore the "
+            "refusing stages whose manifests changed since they started (restore the "
             "manifests, or write to a new output_dir with --set output_dir=…):\n  "
             + "\n  ".join(problems),
         )
-    done = tuple(c.cell_id for c in cells if store.is_complete(c.cell_id))
-    todo = tuple(c.cell_id for c in cells if c.cell_id not in done)
-    return RunSet(cells=tuple(cells), done=done, todo=todo)
+    stages = graph.stages()
+    done = tuple(s.stage_id for s in stages if store.stage_complete(s.kind, s.stage_id))
+    todo = tuple(s.stage_id for s in stages if s.stage_id not in done)
+    return RunSet(graph=graph, done=done, todo=todo)
 
 
 def write_study_record(store: ResultStore, study: StudyConfig, run: RunSet) -> None:
-    """``study.json`` (resolved study, hash, cell ids) and each cell's ``cell.json``."""
+    """``study.json`` (resolved study, hash, stage and cell ids), each stage's
+    ``stage.json``, and the prefix checkpoints of a grown study's new lengths."""
     previous = store.read_json("study.json") or {}
     history = list(previous.get("previous_hashes", []))
     if previous.get("hash") and previous["hash"] != study_hash(study):
         history.append(previous["hash"])
+    graph = run.graph
     store.write_json(
         "study.json",
         {
             "hash": study_hash(study),
             "previous_hashes": history,
             "study": to_dict(study),
-            "cells": [c.cell_id for c in run.cells],
+            "cells": graph.cell_ids(),
+            "stages": {k: sorted(getattr(graph, k)) for k in KINDS},
         },
     )
-    for c in run.cells:
-        if c.cell_id in run.todo:
-            store.write_json(f"cells/{c.cell_id}/cell.json", c.record())
+    for stage in graph.stages():
+        if stage.stage_id in run.todo:
+            store.write_json(f"{stage.dir}/stage.json", stage.record())
+    seed_from_prefixes(store, graph)

@@ -1,9 +1,13 @@
-"""The table of a study's cells — done, running, stopped, failed, pending — read from the store.
+"""The state of a study's stages — done, running, waiting, stopped, failed, pending — from
+the store.
 
-``mimscale status`` prints it without running anything; ``mimscale run`` prints
-it every few seconds while the grid runs. Everything comes from the cells'
-files (``row.parquet``, ``progress.json``), so any machine that sees the store
-sees the same table.
+``mimscale status`` prints it without running anything; ``mimscale run`` prints it every
+few seconds while the grid runs. Everything comes from the stages' files
+(``result.parquet``, ``progress.json``, ``checkpoint.pt``), so any machine that sees the
+store sees the same table. Pre-training stages show their role: ``trunk`` (the longest
+length of its group, seeding the others), ``branch`` (a shorter length that starts at its
+fork step from the trunk's checkpoint; ``waiting`` until that checkpoint exists) or
+``run`` (on its own); fine-tunes wait for their encoder.
 """
 
 from __future__ import annotations
@@ -14,28 +18,31 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scaling.config.schema import CellConfig
+from scaling.study.stages import Stage, StageGraph
 from scaling.study.store import ResultStore
 
-STATES = ("done", "running", "stopped", "failed", "pending")
-"""done: row complete; running: in flight now; stopped: has progress but no live run
-(it resumes from its checkpoint next time); failed: its last attempt raised; pending:
-not started."""
+STATES = ("done", "running", "waiting", "stopped", "failed", "pending")
+"""done: result complete; running: in flight now; waiting: its input (fork checkpoint,
+encoder) is not there yet; stopped: has progress but no live run (it resumes from its
+checkpoint next time); failed: its last attempt raised; pending: not started."""
 
 FRESH_S = 120.0
-"""Without a scheduler to ask, a cell whose progress is newer than this counts as running."""
+"""Without a scheduler to ask, a stage whose progress is newer than this counts as running."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class CellStatus:
-    cell_id: str
+class StageStatus:
+    stage_id: str
+    kind: str
+    role: str
     model: str
     data: str
     iterations: int
     seed: int
-    mask_ratio: float
     state: str
-    phase: str | None = None
+    upstream: str | None = None
+    """A branch's trunk; a fine-tune's pre-training stage."""
+    fork_step: int = 0
     step: int | None = None
     train_loss: float | None = None
     val_loss: float | None = None
@@ -52,32 +59,46 @@ def _progress_age_s(store: ResultStore, rel: str) -> float | None:
     return time.time() - info.mtime_ns / 1e9
 
 
-def cell_status(
-    store: ResultStore, cell_id: str, cell: CellConfig, *, running: bool | None = None
-) -> CellStatus:
-    """One cell's state; ``running`` from the scheduler when known, else from progress age."""
+def _waiting(store: ResultStore, stage: Stage, graph: StageGraph) -> bool:
+    """Its input is missing: a branch without its fork checkpoint (trunk still before the
+    fork), a fine-tune whose pre-training is not complete."""
+    if stage.kind == "finetune":
+        return not store.stage_complete("pretrain", stage.pretrain_id or "")
+    if stage.trunk_id:
+        trunk_row = store.stage_row("pretrain", stage.trunk_id)
+        return trunk_row is None and not store.exists(f"{stage.dir}/checkpoint.pt")
+    return False
+
+
+def stage_status(
+    store: ResultStore, stage: Stage, graph: StageGraph, *, running: bool | None = None
+) -> StageStatus:
+    """One stage's state; ``running`` from the scheduler when known, else from progress age."""
+    cell = stage.cell
     base: dict[str, Any] = {
-        "cell_id": cell_id,
+        "stage_id": stage.stage_id,
+        "kind": stage.kind,
+        "role": stage.role,
         "model": cell.model,
         "data": cell.data,
         "iterations": cell.iterations,
         "seed": cell.seed,
-        "mask_ratio": cell.pretrain.mask_ratio,
+        "upstream": stage.pretrain_id or stage.trunk_id,
+        "fork_step": stage.fork_step,
     }
-    row = store.cell_row(cell_id)
+    row = store.stage_row(stage.kind, stage.stage_id)
     if row is not None and row.get("status") == "complete":
-        return CellStatus(
+        return StageStatus(
             **base,
             state="done",
-            phase="done",
-            step=cell.iterations,
+            step=cell.iterations if stage.kind == "pretrain" else None,
             train_loss=row.get("train_loss"),
             val_loss=row.get("val_loss"),
             finetune_top1=row.get("finetune_top1"),
         )
-    progress = store.read_json(f"cells/{cell_id}/progress.json") or {}
+    progress = store.read_json(f"{stage.dir}/progress.json") or {}
     if running is None:
-        age = _progress_age_s(store, f"cells/{cell_id}/progress.json")
+        age = _progress_age_s(store, f"{stage.dir}/progress.json")
         running = age is not None and age < FRESH_S and row is None
     if running:
         state = "running"
@@ -85,12 +106,13 @@ def cell_status(
         state = "failed"
     elif progress:
         state = "stopped"
+    elif _waiting(store, stage, graph):
+        state = "waiting"
     else:
         state = "pending"
-    return CellStatus(
+    return StageStatus(
         **base,
         state=state,
-        phase=progress.get("phase"),
         step=progress.get("step"),
         train_loss=progress.get("train_loss"),
         val_loss=progress.get("val_loss"),
@@ -100,46 +122,54 @@ def cell_status(
 
 
 def study_status(
-    store: ResultStore,
-    cells: Sequence[tuple[str, CellConfig]],
-    running: Collection[str] | None = None,
-) -> list[CellStatus]:
-    """Every cell's state; ``running`` lists the cells a live scheduler has in flight."""
+    store: ResultStore, graph: StageGraph, running: Collection[str] | None = None
+) -> list[StageStatus]:
+    """Every stage's state, pre-training first; ``running``: stage ids a live scheduler has
+    in flight."""
     return [
-        cell_status(store, cell_id, cell, running=None if running is None else cell_id in running)
-        for cell_id, cell in cells
+        stage_status(store, s, graph, running=None if running is None else s.stage_id in running)
+        for s in graph.stages()
     ]
 
 
-def summary(rows: Sequence[CellStatus]) -> str:
-    counts = Counter(r.state for r in rows)
-    parts = [f"{counts[s]} {s}" for s in STATES if counts[s]]
-    return f"{len(rows)} cells: {', '.join(parts) or 'none'}"
+def summary(rows: Sequence[StageStatus]) -> str:
+    parts = []
+    for kind in ("pretrain", "finetune"):
+        mine = [r for r in rows if r.kind == kind]
+        if mine:
+            counts = Counter(r.state for r in mine)
+            states = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
+            parts.append(f"{len(mine)} {kind} stages: {states}")
+    return "; ".join(parts) or "no stages"
 
 
 def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None or value != value else format(value, fmt)  # None or NaN
 
 
-def format_status(rows: Sequence[CellStatus], *, compact_over: int = 0) -> str:
-    """A fixed-width table, one line per cell, and a summary line.
+def format_status(rows: Sequence[StageStatus], *, compact_over: int = 0) -> str:
+    """A fixed-width table, one line per stage, and a summary line.
 
-    With ``compact_over`` > 0 and more cells than that, only the cells that are not
-    done or pending are listed (a live view of a large grid).
+    With ``compact_over`` > 0 and more stages than that, only the stages that are not done
+    or pending are listed (a live view of a large grid).
     """
     shown = list(rows)
     if 0 < compact_over < len(rows):
         shown = [r for r in rows if r.state not in ("done", "pending")]
     head = (
-        f"{'cell':<16}  {'model':<12} {'data':<14} {'iterations':>10}  {'state':<8} "
-        f"{'phase':<9} {'step':>8} {'train_loss':>10} {'val_loss':>9} {'top1':>6}"
+        f"{'stage':<16}  {'kind':<8} {'role':<8} {'model':<12} {'data':<14} {'iterations':>10} "
+        f"{'state':<8} {'step':>8} {'train_loss':>10} {'val_loss':>9} {'top1':>6}  from"
     )
     lines = [head, "-" * len(head)]
     for r in shown:
+        upstream = "-"
+        if r.upstream:
+            upstream = r.upstream + (f"@{r.fork_step}" if r.fork_step else "")
         lines.append(
-            f"{r.cell_id:<16}  {r.model:<12} {r.data:<14} {r.iterations:>10}  {r.state:<8} "
-            f"{r.phase or '-':<9} {_num(r.step, 'd'):>8} {_num(r.train_loss, '.4f'):>10} "
-            f"{_num(r.val_loss, '.4f'):>9} {_num(r.finetune_top1, '.2f'):>6}"
+            f"{r.stage_id:<16}  {r.kind:<8} {r.role:<8} {r.model:<12} {r.data:<14} "
+            f"{r.iterations:>10} {r.state:<8} {_num(r.step, 'd'):>8} "
+            f"{_num(r.train_loss, '.4f'):>10} {_num(r.val_loss, '.4f'):>9} "
+            f"{_num(r.finetune_top1, '.2f'):>6}  {upstream}"
         )
         if r.state == "failed" and r.error:
             lines.append(f"{'':<18}error: {r.error.splitlines()[0][:160]}")

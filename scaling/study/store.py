@@ -212,6 +212,8 @@ class ResultStore:
 
     def move(self, src: str, dst: str) -> None:
         """Rename ``src`` to ``dst`` (replacing it); a missing ``src`` is no error."""
+        if not self.exists(src):  # S3 reports a missing source as a generic OSError
+            return
         with contextlib.suppress(FileNotFoundError):
             self.fs.move(self.path(src), self.path(dst))
             if isinstance(self.fs, pafs.LocalFileSystem):
@@ -322,3 +324,48 @@ class ResultStore:
         self.write_table("cells.parquet", cells)
         self.write_table("curves.parquet", curve)
         return cells, curve
+
+    # -- stages ----------------------------------------------------------------------------
+    def stage_ids(self, kind: str) -> list[str]:
+        """Ids of the stage directories of ``kind`` (``pretrain`` / ``finetune``)."""
+        selector = pafs.FileSelector(self.path(f"stages/{kind}"), allow_not_found=True)
+        return sorted(
+            info.base_name
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.Directory
+        )
+
+    def stage_row(self, kind: str, stage_id: str) -> dict[str, Any] | None:
+        """The stage's ``result.parquet`` row (complete or failed), or None."""
+        table = self.read_table(f"stages/{kind}/{stage_id}/result.parquet")
+        return None if table is None or table.num_rows == 0 else table.to_pylist()[0]
+
+    def stage_complete(self, kind: str, stage_id: str) -> bool:
+        row = self.stage_row(kind, stage_id)
+        return row is not None and row.get("status") == "complete"
+
+    def write_stage_result(
+        self, kind: str, row: dict[str, Any], points: list[dict[str, Any]]
+    ) -> None:
+        """Curves first, then the result: a complete result always has its curves."""
+        from scaling.study.tables import COLUMNS, STAGE_CURVE_COLUMNS, table_of
+
+        stage_id = row["stage_id"]
+        base = f"stages/{kind}/{stage_id}"
+        curve = [{**p, "stage_id": stage_id} for p in points]
+        self.write_table(f"{base}/curves.parquet", table_of(STAGE_CURVE_COLUMNS, curve))
+        self.write_table(f"{base}/result.parquet", table_of(COLUMNS[kind], [row]))
+
+    def write_stage_failure(
+        self, kind: str, stage_id: str, fields: dict[str, Any], error: str
+    ) -> None:
+        """Mark a stage failed (its result, status ``failed``), unless it completed meanwhile."""
+        from scaling.study.tables import COLUMNS, table_of
+
+        if self.stage_complete(kind, stage_id):
+            return
+        row = {**fields, "stage_id": stage_id, "status": "failed", "error": error}
+        self.write_table(f"stages/{kind}/{stage_id}/result.parquet", table_of(COLUMNS[kind], [row]))
+
+    def stage_curves(self, kind: str, stage_id: str) -> pa.Table | None:
+        return self.read_table(f"stages/{kind}/{stage_id}/curves.parquet")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from scaling.config.schema import StudyConfig
     from scaling.study.preflight import RunSet
+    from scaling.study.stages import Stage
     from scaling.study.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -125,35 +126,32 @@ def plan_command(args: argparse.Namespace) -> int:
 def status_command(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from scaling.config.identity import cell_digests, cell_id, study_subsets
+    from scaling.config.identity import cell_digests, study_subsets
+    from scaling.study.stages import build_graph
     from scaling.study.status import format_status, study_status
     from scaling.study.store import ResultStore
 
     study = _load(args)
     subsets = study_subsets(study)
     missing = sorted(n for n, s in subsets.items() if s.digest is None)
-    cells = [
-        (cell_id(study_cell, d), study_cell)
-        for study_cell in study.cells()
-        if (d := cell_digests(study_cell, subsets)) is not None
-    ]
-    rows = study_status(ResultStore(study.output_dir), cells)
+    cells = study.cells()
+    pairs = [(c, d) for c in cells if (d := cell_digests(c, subsets)) is not None]
+    graph = build_graph(pairs, share_prefix=study.grid.share_prefix)
+    rows = study_status(ResultStore(study.output_dir), graph)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "study": study.name,
-                    "cells": [asdict(r) for r in rows],
-                    "missing_manifests": missing,
-                },
-                indent=2,
-            )
-        )
+        report = {
+            "study": study.name,
+            "stages": [asdict(r) for r in rows],
+            "cells": [{"cell_id": ft or pt, "pretrain_id": pt, "finetune_id": ft}
+                      for _, pt, ft in graph.cells],
+            "missing_manifests": missing,
+        }  # fmt: skip
+        print(json.dumps(report, indent=2))
         return 0
     print(f"study {study.name} → {study.output_dir}")
     if missing:
         print(
-            f"{len(study.cells()) - len(cells)} cells have no id yet: missing manifests "
+            f"{len(cells) - len(pairs)} cells have no stages yet: missing manifests "
             f"{', '.join(missing)}"
         )
     print(format_status(rows))
@@ -164,26 +162,44 @@ def run_command(args: argparse.Namespace) -> int:
     from scaling.study.preflight import prepare_run, write_study_record
     from scaling.study.status import format_status, study_status, summary
     from scaling.study.store import ResultStore
+    from scaling.study.tables import write_tables
 
     study = _load(args)
     store = ResultStore(study.output_dir)
     run = prepare_run(study, store)  # every check before the first write
+    g = run.graph
     print(
-        f"study {study.name}: {len(run.cells)} cells, {len(run.done)} complete, "
+        f"study {study.name}: {len(g.cells)} cells = {len(g.pretrain)} pre-training + "
+        f"{len(g.finetune)} fine-tuning stages, {len(run.done)} complete, "
         f"{len(run.todo)} to run → {study.output_dir}",
         flush=True,
     )
     write_study_record(store, study, run)
     failed = _run_grid(args, study, store, run) if run.todo else {}
-    store.consolidate([c.cell_id for c in run.cells])
-    rows = study_status(store, [(c.cell_id, c.cell) for c in run.cells], running=())
+    write_tables(store, g)
+    rows = study_status(store, g, running=())
     print(format_status(rows), flush=True)
     if not args.no_report:
         _write_report(study.output_dir)
     print(f"{summary(rows)} → {study.output_dir}", flush=True)
-    for cell_id, err in failed.items():
-        print(f"error: cell {cell_id} failed: {err}", file=sys.stderr)
+    for stage_id, err in failed.items():
+        print(f"error: stage {stage_id} failed: {err}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _job_order(run: RunSet) -> list[dict]:
+    """Stages to run: pre-training by FLOPs, longest first (no long stage starts last and
+    leaves the others idle), branches after their trunks, then fine-tuning."""
+    from scaling.study.plan import pretrain_flops
+
+    todo = [run.graph.get(i) for i in run.todo]
+
+    def rank(stage: Stage) -> tuple[int, float]:
+        if stage.kind == "finetune":
+            return 2, 0.0
+        return (1 if stage.trunk_id else 0), -pretrain_flops(stage.cell)
+
+    return [s.to_job() for s in sorted(todo, key=rank)]
 
 
 def _run_grid(
@@ -191,20 +207,14 @@ def _run_grid(
 ) -> dict[str, str]:
     _local_ray_auth(args.address)
     from scaling.study.grid import run_grid  # imports ray
-    from scaling.study.plan import pretrain_flops
     from scaling.study.status import format_status, study_status
 
-    pairs = [(c.cell_id, c.cell) for c in run.cells]
-    by_id = run.by_id()
-    # longest first, so that no long cell starts last and leaves the others idle
-    todo = sorted(run.todo, key=lambda i: pretrain_flops(by_id[i].cell), reverse=True)
-
     def on_progress(running: Collection[str]) -> None:
-        rows = study_status(store, pairs, running)
+        rows = study_status(store, run.graph, running)
         print(format_status(rows, compact_over=COMPACT_OVER), flush=True)
 
     result = run_grid(
-        [(i, by_id[i].cell) for i in todo],
+        _job_order(run),
         store,
         address=args.address,
         max_concurrent=study.resources.max_concurrent,
@@ -214,9 +224,9 @@ def _run_grid(
         verbose=bool(getattr(args, "verbose", False)),
     )
     print(
-        f"grid: {len(result.completed)} completed, {len(result.failed)} failed, "
+        f"grid: {len(result.completed)} stages completed, {len(result.failed)} failed, "
         f"{sum(result.retries.values())} retries, {result.wall_s:.0f} s "
-        f"(up to {result.max_concurrent} cells at once)",
+        f"(up to {result.max_concurrent} at once)",
         flush=True,
     )
     return result.failed

@@ -122,9 +122,10 @@ class LossWindow:
     validation loss ever comes from a model that has seen a non-finite loss.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, values: list[float] | None = None) -> None:
         self._pending: list[tuple[int, torch.Tensor]] = []
-        self._values: list[float] = []
+        self._values: list[float] = list(values or [])
+        """Losses read since the last ``mean``: a checkpoint keeps them (:meth:`state`)."""
 
     def add(self, step: int, loss: torch.Tensor) -> None:
         self._pending.append((step, loss))
@@ -142,6 +143,12 @@ class LossWindow:
             if not math.isfinite(value):
                 raise NonFiniteLoss(step, value)
         self._values.extend(values)
+
+    def state(self) -> list[float]:
+        """The losses of the current log window (read first): what resume needs to log the
+        same mean at the next log step as an uninterrupted run."""
+        self.read()
+        return list(self._values)
 
     def mean(self) -> float:
         """Mean of the losses read since the last ``mean``; clears them."""
@@ -175,9 +182,11 @@ class Phase:
     """Called as ``evaluate(step, lr)`` at the evaluation steps."""
     log: Callable[[int, float, float], None]
     """Called as ``log(step, mean train loss since the last log, lr)``."""
-    checkpoint: Callable[[int], None]
-    """Called as ``checkpoint(step)`` at the checkpoint steps."""
+    checkpoint: Callable[[int, list[float]], None]
+    """Called as ``checkpoint(step, losses of the open log window)`` at the checkpoint steps."""
     after_step: Callable[[int], None] = lambda step: None
+    save_at: frozenset[int] = frozenset()
+    """Extra checkpoint steps (a trunk's fork steps, a stage's prefix step)."""
 
     def run(
         self,
@@ -189,9 +198,11 @@ class Phase:
         step: int,
         device: torch.device,
         dtype: torch.dtype | None,
+        window: list[float] | None = None,
     ) -> int:
-        """Train from ``step`` to ``iterations``; returns the final step."""
-        losses = LossWindow()
+        """Train from ``step`` to ``iterations``; returns the final step. ``window``: the
+        open log window's losses of the checkpoint resumed from."""
+        losses = LossWindow(window)
         model.train()
         while step < self.iterations:
             lr = self.lr_of(step)
@@ -206,12 +217,8 @@ class Phase:
             if step % self.log_interval == 0 or step == self.iterations:
                 self.log(step, losses.mean(), lr)
             self.after_step(step)
-            if (
-                self.checkpoint_interval
-                and step % self.checkpoint_interval == 0
-                and step < self.iterations
-            ):
-                losses.read()
-                self.checkpoint(step)
+            regular = self.checkpoint_interval and step % self.checkpoint_interval == 0
+            if (regular or step in self.save_at) and step < self.iterations:
+                self.checkpoint(step, losses.state())
         losses.read()
         return step

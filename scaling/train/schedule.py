@@ -104,6 +104,7 @@ def validate_schedule(
     milestones: tuple[float, ...] = (7 / 8,),
     decay_fraction: float = 0.2,
     section: str = "pretrain",
+    warmup_key: str = "warmup_fraction",
 ) -> None:
     """Check schedule arguments; errors name ``<section>.<field>``."""
     validate_schedule_shape(
@@ -113,7 +114,7 @@ def validate_schedule(
         raise ScheduleError(f"{section}.iterations: must be > 0, got {total_steps}")
     if not 0 <= warmup_steps <= total_steps:
         raise ScheduleError(
-            f"{section}.warmup_fraction: warm-up of {warmup_steps} steps does not fit in "
+            f"{section}.{warmup_key}: warm-up of {warmup_steps} steps does not fit in "
             f"{total_steps} steps"
         )
     if schedule == "multistep" and milestones:
@@ -157,3 +158,40 @@ def lr_at(
 def scaled_lr(base_lr_per_512: float, batch_size: int) -> float:
     """The linear scaling rule of SimMIM: ``base · batch / 512``."""
     return base_lr_per_512 * batch_size / 512
+
+
+def prefix_step(
+    *,
+    schedule: str,
+    total_steps: int,
+    warmup_steps: int,
+    milestones: tuple[float, ...] = (7 / 8,),
+    decay_fraction: float = 0.2,
+) -> int:
+    """How many first steps of a ``total_steps`` run any longer run shares exactly.
+
+    lr(t; L) for t below the result is the same for every length L' ≥ L with the same
+    warm-up in steps: the warm-up, then ``base_lr`` until the run's first decay —
+    multistep: its first milestone; WSD: the start of its decay. A cosine decays from
+    the end of the warm-up on a length-dependent curve: nothing worth sharing (0).
+    """
+    if schedule == "multistep":
+        return round(milestones[0] * total_steps) if milestones else total_steps
+    if schedule == "wsd":
+        return total_steps - round(decay_fraction * total_steps)
+    return 0
+
+
+def fork_step(short: int, long: int, warmups: tuple[int, int], **schedule: object) -> int:
+    """The first step where runs of ``short`` and ``long`` steps may differ (0: none shared).
+
+    ``warmups``: their warm-up steps (they must agree, or the runs part at step 0);
+    ``schedule``: the other arguments of :func:`prefix_step`.
+    """
+    if short > long:
+        short, long = long, short
+        warmups = (warmups[1], warmups[0])
+    if warmups[0] != warmups[1]:
+        return 0
+    steps = [prefix_step(total_steps=n, warmup_steps=warmups[0], **schedule) for n in (short, long)]
+    return max(0, min(short, *steps))

@@ -25,7 +25,17 @@ from scaling.train.loop import accumulate, make_scaler, optimizer_step
 def _run(cell, tmp_path: Path, name: str = "store") -> tuple[dict, ResultStore, str]:
     store = ResultStore(str(tmp_path / name))
     cell_id = id_of(cell, manifest_digests(cell))
-    return run_trial(cell, store, cell_id), store, cell_id
+    return run_trial(cell, store), store, cell_id
+
+
+def _curves(store: ResultStore, row: dict):
+    """The cell's curves: its pre-training stage's, then its fine-tuning stage's."""
+    import pandas as pd
+
+    parts = [store.stage_curves("pretrain", row["pretrain_id"]).to_pandas()]
+    if row.get("finetune_id"):
+        parts.append(store.stage_curves("finetune", row["finetune_id"]).to_pandas())
+    return pd.concat(parts, ignore_index=True)
 
 
 def test_one_cell_end_to_end(tiny_cell, tmp_path: Path) -> None:
@@ -40,14 +50,15 @@ def test_one_cell_end_to_end(tiny_cell, tmp_path: Path) -> None:
     assert 0 <= row["finetune_top1"] <= row["finetune_top5"] <= 100
     assert row["params_m"] > 0 and row["wall_s"] > 0
     # the row and curves in the store; the val curve has the interval points and the end
-    assert store.is_complete(cell_id)
-    curves = store.read_table(f"cells/{cell_id}/curves.parquet").to_pandas()
+    assert store.stage_complete("pretrain", row["pretrain_id"])
+    assert store.stage_complete("finetune", row["finetune_id"])
+    curves = _curves(store, row)
     val = curves[(curves.phase == "pretrain") & (curves.split == "val")]
     assert val.step.tolist() == [3, 6]
     assert val.value.iloc[-1] == pytest.approx(row["val_loss"])
     assert set(curves.phase) == {"pretrain", "finetune"}
     assert {"top1", "top5"} <= set(curves[curves.phase == "finetune"].metric)
-    assert store.exists(f"cells/{cell_id}/cell.toml")
+    assert store.exists(f"stages/pretrain/{row['pretrain_id']}/stage.toml")
 
 
 def test_resume_after_crash_is_exact(tiny_cell, tmp_path: Path, monkeypatch) -> None:
@@ -63,10 +74,10 @@ def test_resume_after_crash_is_exact(tiny_cell, tmp_path: Path, monkeypatch) -> 
     with pytest.raises(RuntimeError, match="injected fault at pre-training step 6"):
         _run(cell, tmp_path, "crashed")
     assert marker.exists()
-    resumed, store, cell_id = _run(cell, tmp_path, "crashed")
+    resumed, store, _ = _run(cell, tmp_path, "crashed")
     assert resumed["train_loss"] == pytest.approx(straight["train_loss"], abs=1e-6)
     assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=1e-6)
-    curve = store.read_table(f"cells/{cell_id}/curves.parquet").to_pandas()
+    curve = _curves(store, resumed)
     assert curve.groupby(["phase", "step", "split", "metric"]).size().max() == 1
 
 
@@ -113,8 +124,8 @@ def test_finetune_resume_after_crash_is_exact(tiny_cell, tmp_path: Path, monkeyp
         pretrain={"checkpoint_interval": 2},
         finetune={"epochs": 0.4, "drop_path": 0.1, "eval_interval": 3},
     )
-    straight, store, cell_id = _run(cell, tmp_path, "straight")
-    curves = store.read_table(f"cells/{cell_id}/curves.parquet").to_pandas()
+    straight, store, _ = _run(cell, tmp_path, "straight")
+    curves = _curves(store, straight)
     finetune_steps = curves[curves.phase == "finetune"].step.max()
     assert finetune_steps >= 6, "the cell must fine-tune past the crash"
     marker = tmp_path / "failed-once"
@@ -122,7 +133,7 @@ def test_finetune_resume_after_crash_is_exact(tiny_cell, tmp_path: Path, monkeyp
     with pytest.raises(RuntimeError, match="injected fault at fine-tuning step 5"):
         _run(cell, tmp_path, "crashed")
     resumed, store2, _ = _run(cell, tmp_path, "crashed")
-    resumed_curves = store2.read_table(f"cells/{cell_id}/curves.parquet").to_pandas()
+    resumed_curves = _curves(store2, resumed)
     keys = ["phase", "step", "split", "metric"]
     assert not resumed_curves.duplicated(keys).any()
     merged = curves.merge(resumed_curves, on=keys, suffixes=("", "_resumed"), validate="1:1")
@@ -150,13 +161,11 @@ def test_compiled_cell_matches_eager_and_resumes_without_compile(
     monkeypatch.setenv("MIMSCALE_FAIL_AT", f"3:{tmp_path / 'failed-once'}")
     with pytest.raises(RuntimeError, match="injected fault at pre-training step 3"):
         _run(compiled, tmp_path, "mixed")
-    resumed, store, cell_id = _run(eager, tmp_path, "mixed")
-    curves = store.read_table(f"cells/{cell_id}/curves.parquet").to_pandas()
+    resumed, store, _ = _run(eager, tmp_path, "mixed")
+    curves = _curves(store, resumed)
     first_val = curves[(curves.split == "val") & (curves.step == 2)].value.item()
-    eager_curves = ResultStore(str(tmp_path / "eager")).read_table(
-        f"cells/{cell_id}/curves.parquet"
-    )
-    eager_val = eager_curves.to_pandas().query("split == 'val' and step == 2").value.item()
+    eager_curves = _curves(ResultStore(str(tmp_path / "eager")), straight)
+    eager_val = eager_curves.query("split == 'val' and step == 2").value.item()
     assert first_val == pytest.approx(eager_val, abs=1e-5), "compiled steps 0-2 differ"
     assert resumed["train_loss"] == pytest.approx(straight["train_loss"], abs=1e-5)
     assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=1e-5)
@@ -200,15 +209,14 @@ def test_one_cell_on_cuda_bf16_channels_last_resumes(
     cell = tiny_cell(iterations=8, pretrain={"checkpoint_interval": 4, "val_interval": 4})
     assert cell.pretrain.amp == "auto" and cell.pretrain.channels_last
     store = ResultStore(str(tmp_path / "straight"))
-    cell_id = id_of(cell, manifest_digests(cell))
-    straight = run_trial(cell, store, cell_id)
+    straight = run_trial(cell, store)
     assert math.isfinite(straight["val_loss"]) and math.isfinite(straight["finetune_top1"])
     assert straight["gpu_hours"] == 0.0  # resources.gpus = 0 in the tiny cell
     monkeypatch.setenv("MIMSCALE_FAIL_AT", f"5:{tmp_path / 'failed-once'}")
     crashed = ResultStore(str(tmp_path / "crashed"))
     with pytest.raises(RuntimeError, match="injected fault at pre-training step 5"):
-        run_trial(cell, crashed, cell_id)
-    resumed = run_trial(cell, crashed, cell_id)
+        run_trial(cell, crashed)
+    resumed = run_trial(cell, crashed)
     assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=2e-2)
 
 

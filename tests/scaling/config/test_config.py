@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 from study_helpers import line_of_key, study_text, tiny_tables, write_study
 
-from scaling.config.identity import cell_id, config_key, study_hash
+from scaling.config.identity import (
+    cell_id,
+    finetune_id,
+    pretrain_id,
+    pretrain_identity,
+    stage_key,
+    study_hash,
+)
 from scaling.config.load import dump_toml, load_cell, load_study
 from scaling.config.parse import ConfigError, to_dict
 from scaling.config.schema import CellConfig, StudyConfig
@@ -120,9 +127,9 @@ def test_per_model_resources(tmp_path: Path, tables: dict[str, Any]) -> None:
             "grid",
             "iterations",
             [],
-            r"grid\.iterations: must list at least one value \(the grid is empty\)",
+            r"grid\.iterations: is missing or empty: give grid\.models, grid\.data and grid",
         ),
-        ("grid", "models", [], r"grid\.models: must list at least one value"),
+        ("grid", "models", [], r"grid\.models: is missing or empty"),
         ("grid", "data", ["a", "a"], r"grid\.data: has duplicates"),
         ("grid", "iterations", [8, -1], r"grid\.iterations\[1\]: must be > 0, got -1"),
         ("grid", "mask_ratios", [0.5, 1.0], r"grid\.mask_ratios\[1\]: must be in \(0, 1\)"),
@@ -248,7 +255,8 @@ def test_missing_required_key(tmp_path: Path, tables: dict[str, Any]) -> None:
     )
     tables["output_dir"] = str(tmp_path / "o")
     del tables["grid"]["iterations"]
-    assert re.search(r"grid\.iterations: required key is missing", error_of(tmp_path, tables))
+    message = r"grid\.iterations: is missing or empty: give .* or grid\.cells"
+    assert re.search(message, error_of(tmp_path, tables))
 
 
 def test_model_must_fit_the_image_size(tmp_path: Path, tables: dict[str, Any]) -> None:
@@ -307,25 +315,31 @@ def test_unreadable_files(tmp_path: Path) -> None:
         load_study(bad)
 
 
-def test_cell_id_is_stable_and_depends_on_config_and_digests(
+def test_stage_ids_are_stable_and_depend_on_what_determines_them(
     tmp_path: Path, tables: dict[str, Any]
 ) -> None:
     cell = load(tmp_path, tables).cells()[0]
     digests = {"demo-25pct": "a" * 32, "demo-val": "b" * 32}
-    first = cell_id(cell, digests)
-    assert re.fullmatch(r"[0-9a-f]{16}", first)
-    # same config loaded again (other output dir, other resources, other intervals): same id
+    first_pre, first_ft = pretrain_id(cell, digests), finetune_id(cell, digests)
+    assert re.fullmatch(r"[0-9a-f]{16}", first_pre) and first_pre != first_ft
+    assert cell_id(cell, digests) == (first_ft if cell.finetune.enabled else first_pre)
+    # same config loaded again (other output dir, other resources, other intervals): same ids
     again = load(
         tmp_path,
         tables,
         ["output_dir='elsewhere'", "resources.cpus=2", "pretrain.val_interval=2"],
     ).cells()[0]
-    assert cell_id(again, digests) == first
-    assert cell_id(cell, {**digests, "demo-val": "c" * 32}) != first
+    assert (pretrain_id(again, digests), finetune_id(again, digests)) == (first_pre, first_ft)
+    assert pretrain_id(cell, {**digests, "demo-val": "c" * 32}) != first_pre
+    # a pre-training change moves both stages; a fine-tuning change only the fine-tune
     other = load(tmp_path, tables, ["pretrain.base_lr=0.02"]).cells()[0]
-    assert cell_id(other, digests) != first
-    # the config key ignores digests: the same cell across manifest rebuilds
-    assert config_key(cell) == config_key(again) != config_key(other)
+    assert pretrain_id(other, digests) != first_pre and finetune_id(other, digests) != first_ft
+    tuned = load(tmp_path, tables, ["finetune.layer_decay=0.7"]).cells()[0]
+    assert pretrain_id(tuned, digests) == first_pre and finetune_id(tuned, digests) != first_ft
+    # the key ignores digests: the same stage across manifest rebuilds
+    key = stage_key(pretrain_identity(cell, digests))
+    assert key == stage_key(pretrain_identity(cell, {n: "d" * 32 for n in digests}))
+    assert key != stage_key(pretrain_identity(other, digests))
 
 
 def test_study_hash_ignores_where_it_was_loaded_from(

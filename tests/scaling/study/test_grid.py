@@ -1,7 +1,7 @@
 """The Ray grid on a local Ray instance (real Ray, CPU, real trials of tiny cells).
 
-A cell that raises mid-run is retried from its checkpoint and ends with the metrics of
-an uninterrupted run; a finished study grown by one length runs only the new cells;
+A stage that raises mid-run is retried from its checkpoint and ends with the metrics of
+an uninterrupted run; a finished study grown by one length runs only the new stages;
 ``mimscale status`` reads the same table from the store.
 """
 
@@ -46,12 +46,15 @@ def study_at(tmp_path: Path, data: Path, name: str, **changes: Any) -> tuple[Pat
 
 
 def run_cells(study: StudyConfig):
+    """Prepare and run the study's stages as ``mimscale run`` does (records, job order)."""
     from scaling.study.grid import run_grid
+    from scaling.study.preflight import write_study_record
+    from scaling.study.verbs import _job_order
 
     store = ResultStore(study.output_dir)
     run = prepare_run(study, store)
-    by_id = run.by_id()
-    return store, run, run_grid([(i, by_id[i].cell) for i in run.todo], store, max_failures=2)
+    write_study_record(store, study, run)
+    return store, run, run_grid(_job_order(run), store, max_failures=2)
 
 
 def test_failed_cell_is_retried_from_its_checkpoint(
@@ -61,7 +64,7 @@ def test_failed_cell_is_retried_from_its_checkpoint(
     monkeypatch.setenv("MIMSCALE_FAIL_AT", f"5:{marker}")
     _, faulty = study_at(tmp_path, data, "faulty")
     store, run, result = run_cells(faulty)
-    (cell_id,) = run.todo
+    (cell_id,) = run.todo  # one pre-training stage (fine-tuning off)
     assert marker.exists(), "the fault was not injected"
     assert result.completed == [cell_id] and not result.failed
     assert result.retries == {cell_id: 1}
@@ -72,12 +75,13 @@ def test_failed_cell_is_retried_from_its_checkpoint(
     assert clean_run.todo == (cell_id,)  # the same cell, another store
     assert clean_result.completed == [cell_id] and not clean_result.retries
 
-    retried, straight = store.cell_row(cell_id), clean_store.cell_row(cell_id)
+    retried = store.stage_row("pretrain", cell_id)
+    straight = clean_store.stage_row("pretrain", cell_id)
     assert retried["status"] == straight["status"] == "complete"
     for key in ("train_loss", "val_loss", "n_train_images", "epochs_seen", "pretrain_flops"):
         assert retried[key] == pytest.approx(straight[key], abs=1e-6), key
-    curves = store.read_table(f"cells/{cell_id}/curves.parquet").to_pandas()
-    clean_curves = clean_store.read_table(f"cells/{cell_id}/curves.parquet").to_pandas()
+    curves = store.stage_curves("pretrain", cell_id).to_pandas()
+    clean_curves = clean_store.stage_curves("pretrain", cell_id).to_pandas()
     assert curves[["phase", "step", "split", "metric"]].equals(
         clean_curves[["phase", "step", "split", "metric"]]
     )
@@ -90,22 +94,22 @@ def test_growing_a_study_runs_only_new_cells(
     path, study = study_at(tmp_path, data, "grow", grid={"iterations": [6]})
     assert main(["run", str(path), "--no-report", "--progress-interval", "1"]) == 0
     out = capsys.readouterr().out
-    assert "1 cells, 0 complete, 1 to run" in out
+    assert "1 cells = 1 pre-training + 0 fine-tuning stages, 0 complete, 1 to run" in out
     store = ResultStore(study.output_dir)
-    (first,) = store.cell_ids()
-    row_file = Path(study.output_dir) / "cells" / first / "row.parquet"
+    (first,) = store.stage_ids("pretrain")
+    row_file = Path(study.output_dir) / "stages" / "pretrain" / first / "result.parquet"
     before = (row_file.stat().st_mtime_ns, row_file.read_bytes())
 
     # the same study again: nothing to run, Ray not needed
     assert main(["run", str(path), "--no-report"]) == 0
-    assert "1 cells, 1 complete, 0 to run" in capsys.readouterr().out
+    assert "1 complete, 0 to run" in capsys.readouterr().out
 
-    # grown by one length: only the new cell runs
+    # grown by one length: only the new stage runs
     grown = write_study(path, tiny_tables(data, tmp_path / "grow", grid={"iterations": [6, 10]}))
     assert main(["run", str(grown), "--no-report"]) == 0
     out = capsys.readouterr().out
-    assert "2 cells, 1 complete, 1 to run" in out
-    assert "grid: 1 completed, 0 failed" in out
+    assert "2 cells = 2 pre-training + 0 fine-tuning stages, 1 complete, 1 to run" in out
+    assert "grid: 1 stages completed, 0 failed" in out
     assert (row_file.stat().st_mtime_ns, row_file.read_bytes()) == before
 
     cells = store.read_table("cells.parquet").to_pandas()
@@ -119,11 +123,11 @@ def test_growing_a_study_runs_only_new_cells(
     # status: the same table from the store, nothing run
     assert main(["status", str(grown)]) == 0
     out = capsys.readouterr().out
-    assert "2 cells: 2 done" in out and first in out
+    assert "2 pretrain stages: 2 done" in out and first in out
     assert main(["status", str(grown), "--json"]) == 0
     states = json.loads(capsys.readouterr().out)
-    assert [c["state"] for c in states["cells"]] == ["done", "done"]
-    assert all(c["val_loss"] is not None for c in states["cells"])
+    assert [c["state"] for c in states["stages"]] == ["done", "done"]
+    assert all(c["val_loss"] is not None for c in states["stages"])
 
 
 def test_multi_worker_cell_runs_ddp_inside_its_trial(
@@ -136,7 +140,7 @@ def test_multi_worker_cell_runs_ddp_inside_its_trial(
     store, run, result = run_cells(study)
     (cell_id,) = run.todo
     assert result.completed == [cell_id], result.failed
-    row = store.cell_row(cell_id)
+    row = store.stage_row("pretrain", cell_id)
     assert row["status"] == "complete" and row["n_train_images"] == 383
     assert 0 < row["val_loss"] < 10 and 0 < row["train_loss"] < 10
 
@@ -188,25 +192,25 @@ def test_a_user_error_fails_the_cell_without_retries(
     )
     assert main(["run", str(path), "--no-report"]) == 1
     captured = capsys.readouterr()
-    assert "grid: 0 completed, 1 failed, 0 retries" in captured.out
-    assert re.search(r"error: cell [0-9a-f]{16} failed: CellError: .*non-finite", captured.err)
+    assert "grid: 0 stages completed, 1 failed, 0 retries" in captured.out
+    assert re.search(r"error: stage [0-9a-f]{16} failed: CellError: .*non-finite", captured.err)
     cells = ResultStore(study.output_dir).read_table("cells.parquet").to_pandas()
     assert list(cells["status"]) == ["failed"] and "non-finite" in cells["error"][0]
 
 
-def test_a_manifest_rebuilt_after_planning_refuses_the_cell(tmp_path: Path, data: Path) -> None:
+def test_a_manifest_rebuilt_after_planning_refuses_the_stage(tmp_path: Path, data: Path) -> None:
     from scaling.config.parse import ConfigError
     from scaling.study.grid import _check_digests
 
     _, study = study_at(tmp_path, data, "rebuilt")
     store = ResultStore(study.output_dir)
-    (planned,) = prepare_run(study, store).cells
-    _check_digests(planned.cell, planned.cell_id, store)  # nothing recorded yet: fine
-    store.write_json(f"cells/{planned.cell_id}/cell.json", planned.record())
-    _check_digests(planned.cell, planned.cell_id, store)
-    store.write_json(
-        f"cells/{planned.cell_id}/cell.json",
-        {**planned.record(), "digests": {**planned.digests, "demo-val": "0" * 32}},
-    )
+    (stage,) = prepare_run(study, store).graph.stages()
+    job = stage.to_job()
+    _check_digests(job, stage.cell, store)  # nothing recorded yet: fine
+    store.write_json(f"{stage.dir}/stage.json", stage.record())
+    _check_digests(job, stage.cell, store)
+    record = stage.record()
+    record["identity"]["digests"]["demo-val"] = "0" * 32
+    store.write_json(f"{stage.dir}/stage.json", record)
     with pytest.raises(ConfigError, match=r"manifests changed since it was planned: demo-val"):
-        _check_digests(planned.cell, planned.cell_id, store)
+        _check_digests(job, stage.cell, store)

@@ -11,8 +11,10 @@ import pytest
 from study_helpers import tiny_tables, write_study
 
 from scaling.config.load import load_study
-from scaling.study.preflight import prepare_run
+from scaling.study.preflight import prepare_run, write_study_record
 from scaling.study.store import ResultStore
+from scaling.study.tables import write_tables
+from scaling.study.verbs import _job_order
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -57,7 +59,7 @@ def test_worker_node_dies_mid_grid(tmp_path: Path, demo_dir: Path, cluster) -> N
     study = load_study(path)
     store = ResultStore(study.output_dir)
     run = prepare_run(study, store)
-    by_id = run.by_id()
+    write_study_record(store, study, run)
     killed: list[float] = []
 
     def kill_a_node_when_both_are_busy() -> None:
@@ -65,8 +67,9 @@ def test_worker_node_dies_mid_grid(tmp_path: Path, demo_dir: Path, cluster) -> N
         while time.monotonic() < deadline:
             busy = [
                 c
-                for c in store.cell_ids()
-                if store.exists(f"cells/{c}/progress.json") and not store.is_complete(c)
+                for c in store.stage_ids("pretrain")
+                if store.exists(f"stages/pretrain/{c}/progress.json")
+                and not store.stage_complete("pretrain", c)
             ]
             if len(busy) >= 2:
                 head.remove_node(workers[0], allow_graceful=False)
@@ -78,17 +81,15 @@ def test_worker_node_dies_mid_grid(tmp_path: Path, demo_dir: Path, cluster) -> N
     killer.start()
     from scaling.study.grid import run_grid
 
-    result = run_grid(
-        [(i, by_id[i].cell) for i in run.todo], store, address=head.address, max_failures=3
-    )
+    result = run_grid(_job_order(run), store, address=head.address, max_failures=3)
     killer.join(timeout=5)
     assert killed, "no worker node was killed"
     assert len(ray.nodes()) == 3 and sum(n["Alive"] for n in ray.nodes()) == 2
 
     assert not result.failed, result.failed
-    assert sorted(result.completed) == sorted(run.todo)  # each cell once
+    assert sorted(result.completed) == sorted(run.todo)  # each stage once
     assert sum(result.retries.values()) >= 1  # the cell on the dead node ran again
-    cells, curves = store.consolidate([c.cell_id for c in run.cells])
+    cells, curves = write_tables(store, run.graph)
     table = cells.to_pandas()
     assert len(table) == 4 and table["cell_id"].is_unique
     assert (table["status"] == "complete").all()

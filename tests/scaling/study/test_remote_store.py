@@ -63,21 +63,22 @@ def test_study_on_s3_resumes_from_the_bucket_and_reports(
     first = mimscale("run", str(path), env={"MIMSCALE_FAIL_AT": f"5:{marker}"}, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     assert marker.exists(), "the fault was not injected"
-    assert "grid: 2 completed, 0 failed, 1 retries" in first.stdout
+    assert "grid: 2 stages completed, 0 failed, 1 retries" in first.stdout
     assert f"report → {uri}/report/report.html" in first.stdout
 
     store = ResultStore(uri)
     assert store.fs.__class__.__name__ == "S3FileSystem"
     cells = store.read_table("cells.parquet").to_pandas()
     assert sorted(cells["iterations"]) == [4, 6] and (cells["status"] == "complete").all()
-    for cell_id in cells["cell_id"]:
-        names = {k.rsplit("/", 1)[1] for k in _keys(f"studies/tiny/cells/{cell_id}/")}
+    for stage_id in cells["pretrain_id"]:
+        names = {k.rsplit("/", 1)[1] for k in _keys(f"studies/tiny/stages/pretrain/{stage_id}/")}
         assert {
-            "cell.toml",
+            "stage.toml",
+            "stage.json",
             "checkpoint.pt",
             "progress.json",
             "curves.parquet",
-            "row.parquet",
+            "result.parquet",
         } <= names
         assert not any(".tmp" in n for n in names), "a temporary object was left behind"
     # the crashed cell resumed from its checkpoint at step 4: every point once, the curve whole
@@ -91,14 +92,14 @@ def test_study_on_s3_resumes_from_the_bucket_and_reports(
     # again: complete, nothing runs
     again = mimscale("run", str(path), "--no-report", timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "2 cells, 2 complete, 0 to run" in again.stdout
+    assert "2 complete, 0 to run" in again.stdout
 
     # pyarrow's Parquet/S3 thread pools used to abort ~1 status in 6 at interpreter exit
     # ("terminate called without an active exception", exit 134): every run exits 0
     for _ in range(12):
         status = mimscale("status", str(path))
         assert status.returncode == 0, status.stderr[-500:]
-        assert "2 cells: 2 done" in status.stdout and "terminate" not in status.stderr
+        assert "2 pretrain stages: 2 done" in status.stdout and "terminate" not in status.stderr
 
     out = tmp_path / "report"
     analyzed = mimscale("analyze", uri, "-o", str(out))

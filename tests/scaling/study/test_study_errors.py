@@ -13,8 +13,7 @@ import pytest
 from study_helpers import REPO, line_of_key, tiny_tables, write_study
 
 from scaling.cli import main
-from scaling.config.identity import cell_id as id_of
-from scaling.config.identity import config_key
+from scaling.config.identity import pretrain_id, pretrain_identity, stage_key
 from scaling.config.load import load_study
 from scaling.study.store import ResultStore
 
@@ -64,7 +63,7 @@ CASES = [
         "empty_grid",
         case("grid", "data", []),
         ("grid", "data"),
-        r"grid\.data: must list at least one value \(the grid is empty\)",
+        r"grid\.data: is missing or empty: give grid\.models, grid\.data and grid\.iterations",
     ),
     (
         "unknown_size",
@@ -180,39 +179,58 @@ def test_trial_rejects_a_cell_whose_schedule_does_not_fit(
     assert not out.exists()
 
 
-def test_changed_manifest_refuses_its_started_cells(
+def test_changed_manifest_refuses_its_started_stages(
     tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_study(tmp_path / "s.toml", tiny_tables(data, tmp_path / "out"))
     study = load_study(path)
     cell = study.cells()[0]
-    # a cell that started on other manifests (e.g. before a rebuild with another seed)
+    # a stage that started on other manifests (e.g. before a rebuild with another seed)
     old_digests = {name: "0" * 32 for name in cell.subsets()}
-    old_id = id_of(cell, old_digests)
+    identity = pretrain_identity(cell, old_digests)
+    old_id = pretrain_id(cell, old_digests)
     store = ResultStore(study.output_dir)
-    store.write_json(
-        f"cells/{old_id}/cell.json",
-        {"cell_id": old_id, "config_key": config_key(cell), "digests": old_digests},
-    )
-    store.write_json(f"cells/{old_id}/progress.json", {"phase": "pretrain", "step": 4})
+    record = {"stage_id": old_id, "kind": "pretrain", "key": stage_key(identity)}
+    store.write_json(f"stages/pretrain/{old_id}/stage.json", record | {"identity": identity})
+    store.write_json(f"stages/pretrain/{old_id}/progress.json", {"phase": "pretrain", "step": 4})
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*"))
 
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
     assert re.search(
-        rf"error: {re.escape(str(path))}:\d+: data\.manifest_dir: refusing cells whose manifests "
-        rf"changed since they started .*\n  cell {old_id} \(swinv2-nano, demo-25pct, 8 "
-        r"iterations\) started with other manifests: demo-25pct 000000000000 → [0-9a-f]{12}",
+        rf"error: {re.escape(str(path))}:\d+: data\.manifest_dir: refusing stages whose "
+        rf"manifests changed since they started .*\n  pretrain stage {old_id} \(swinv2-nano, "
+        r"demo-25pct, 8 iterations\) started with other manifests: demo-25pct 000000000000 → "
+        r"[0-9a-f]{12}",
         err,
     ), err
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*")) == before
 
-    # a cell dir with only its config (never started) is no conflict
-    store.delete(f"cells/{old_id}/progress.json")
+    # a stage dir with only its record (never started) is no conflict
+    store.delete(f"stages/pretrain/{old_id}/progress.json")
     from scaling.study.preflight import prepare_run
 
     run = prepare_run(study, store)
-    assert run.todo == (id_of(cell, {n: d for n, d in _digests(study).items()}),)
+    assert run.todo == (pretrain_id(cell, _digests(study)),)
+
+
+def test_results_of_the_cell_layout_are_refused(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An output_dir of an earlier mimscale (cells/<id>/, format 2) is not mixed in."""
+    path = write_study(tmp_path / "s.toml", tiny_tables(data, tmp_path / "out"))
+    store = ResultStore(load_study(path).output_dir)
+    store.write_json("cells/0123456789abcdef/cell.json", {"cell_id": "0123456789abcdef"})
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*"))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(
+        rf"error: {re.escape(str(path))}:\d+: output_dir: .* holds results of an earlier "
+        r"mimscale layout \(one directory per cell under cells/, cell format 2\); .* Write to "
+        r"a new output_dir",
+        err,
+    ), err
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*")) == before
 
 
 def _digests(study: Any) -> dict[str, str]:

@@ -21,11 +21,12 @@ pytestmark = pytest.mark.slow
 
 
 def _complete(store: ResultStore) -> list[str]:
-    return [c for c in store.cell_ids() if store.is_complete(c)]
+    return [c for c in store.stage_ids("pretrain") if store.stage_complete("pretrain", c)]
 
 
 def _started(store: ResultStore) -> list[str]:
-    return [c for c in store.cell_ids() if store.exists(f"cells/{c}/progress.json")]
+    ids = store.stage_ids("pretrain")
+    return [c for c in ids if store.exists(f"stages/pretrain/{c}/progress.json")]
 
 
 def test_killed_driver_then_rerun_finishes_without_redoing_cells(
@@ -36,7 +37,17 @@ def test_killed_driver_then_rerun_finishes_without_redoing_cells(
         data,
         tmp_path / "out",
         grid={"models": ["swinv2-nano"], "data": ["demo-25pct"], "iterations": [4, 60, 64]},
-        pretrain={"val_interval": 20, "checkpoint_interval": 10, "log_interval": 10},
+        # one 64-step trunk seeding 4 at step 3 and 60 at step 45 (×0.1 at 3/4): the driver
+        # dies while the trunk runs and a branch waits for its fork checkpoint
+        pretrain={
+            "val_interval": 20,
+            "checkpoint_interval": 10,
+            "log_interval": 10,
+            "schedule": "multistep",
+            "warmup_fraction": 0.0,
+            "warmup_steps": 1,
+            "milestones": [0.75],
+        },
     )
     path = write_study(tmp_path / "study.toml", tables)
     store = ResultStore(load_study(path).output_dir)
@@ -62,13 +73,13 @@ def test_killed_driver_then_rerun_finishes_without_redoing_cells(
             os.killpg(driver.pid, signal.SIGKILL)
     finished = _complete(store)
     assert 1 <= len(finished) < 3, finished
-    rows = {c: Path(store.path(f"cells/{c}/row.parquet")) for c in finished}
+    rows = {c: Path(store.path(f"stages/pretrain/{c}/result.parquet")) for c in finished}
     before = {c: (p.stat().st_mtime_ns, p.read_bytes()) for c, p in rows.items()}
 
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert f"3 cells, {len(finished)} complete, {3 - len(finished)} to run" in again.stdout
-    assert f"grid: {3 - len(finished)} completed, 0 failed" in again.stdout
+    assert f"{len(finished)} complete, {3 - len(finished)} to run" in again.stdout
+    assert f"grid: {3 - len(finished)} stages completed, 0 failed" in again.stdout
     assert {c: (p.stat().st_mtime_ns, p.read_bytes()) for c, p in rows.items()} == before
 
     cells = store.read_table("cells.parquet").to_pandas()

@@ -48,7 +48,7 @@ def _phase(events: list[tuple[str, int]], **overrides: Any) -> Phase:
         "checkpoint_interval": 0,
         "evaluate": lambda s, lr: events.append(("eval", s)),
         "log": lambda s, loss, lr: events.append(("log", s)),
-        "checkpoint": lambda s: events.append(("checkpoint", s)),
+        "checkpoint": lambda s, window: events.append(("checkpoint", s)),
     }
     return Phase(**(settings | overrides))
 
@@ -164,3 +164,41 @@ def test_cuda_step_never_synchronizes() -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(torch.isfinite(torch.stack(losses)).tolist())
+
+
+def test_a_resumed_window_logs_the_same_mean() -> None:
+    """A checkpoint between two log steps keeps the open log window: resumed there, the run
+    logs exactly the means of the uninterrupted run (branches start at such fork steps)."""
+    import copy
+
+    logged: dict[str, list[float]] = {"straight": [], "resumed": []}
+    saved: dict[str, Any] = {}
+    model, optimizer, batches = _simmim()
+
+    def keep(step: int, window: list[float]) -> None:
+        saved.update(
+            step=step,
+            window=window,
+            model=copy.deepcopy(model.state_dict()),
+            optimizer=copy.deepcopy(optimizer.state_dict()),
+            rng=torch.get_rng_state(),
+        )
+
+    settings = {"iterations": 6, "log_interval": 4, "checkpoint_interval": 0}
+    phase = _phase(
+        [], **settings, save_at=frozenset({3}), checkpoint=keep,
+        log=lambda s, loss, lr: logged["straight"].append(loss),
+    )  # fmt: skip
+    phase.run(model, optimizer, make_scaler(CPU, None), batches, step=0, device=CPU, dtype=None)
+    assert saved["step"] == 3 and len(saved["window"]) == 3, "steps 0-2 are in the open window"
+
+    model, optimizer, batches = _simmim()
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"])
+    phase = _phase([], **settings, log=lambda s, loss, lr: logged["resumed"].append(loss))
+    phase.run(
+        model, optimizer, make_scaler(CPU, None), batches, step=3, device=CPU, dtype=None,
+        window=saved["window"],
+    )  # fmt: skip
+    assert logged["resumed"] == logged["straight"]  # bit for bit, both log steps
