@@ -225,10 +225,25 @@ def estimate_cell(cell: CellConfig, params_m: Callable[[str, int], float]) -> li
     return out
 
 
+def cell_memory_gib(cell: CellConfig, params_m: Callable[[str, int], float]) -> float:
+    """The cell's largest estimate over its phases, GiB per GPU (``plan``'s column)."""
+    return max(e.total_gib for e in estimate_cell(cell, params_m))
+
+
+NOTE = (
+    "GPU memory per rank: weights, gradients, AdamW (18 B/param with DDP, sharded with "
+    "FSDP2), activations calibrated on the CPU (bf16 autocast, torch MemTracker; "
+    "scaling/study/memory.py), +10% allocator, +2 GiB CUDA/NCCL; not yet measured on a GPU "
+    "(bash scripts/gpu_check.sh)"
+)
+"""What ``plan`` prints under its memory column."""
+
+
 def check_memory(cells: Sequence[CellConfig], params_m: Callable[[str, int], float]) -> list[str]:
-    """One problem per cell and phase that does not fit its GPU, naming both and the figure."""
+    """One problem per GPU cell and phase that does not fit its GPU, naming both and the
+    figure (CPU cells, ``resources.gpus = 0``, have no GPU memory to check)."""
     problems = []
-    for cell in cells:
+    for cell in (c for c in cells if c.resources.gpus > 0):
         for est in estimate_cell(cell, params_m):
             if not est.fits:
                 problems.append(

@@ -102,6 +102,17 @@ def test_the_papers_giant_at_128_per_gpu_needs_checkpointing_or_more_ranks() -> 
     assert fsdp.state_gib < ddp.state_gib / 2 and fsdp.activation_gib == ddp.activation_gib
 
 
+def test_cpu_cells_are_not_checked_and_the_column_is_the_largest_phase() -> None:
+    cell = _cell("swinv2-g", 16)
+    cpu = CellConfig(**{**cell.__dict__, "resources": CellResources(workers=16)})
+    assert check_memory([cpu], _paper_params) == []
+    assert (
+        memory.cell_memory_gib(cell, _paper_params)
+        == estimate_cell(cell, _paper_params)[0].total_gib
+    )
+    assert "calibrated on the CPU" in memory.NOTE
+
+
 def test_fine_tuning_is_checked_too() -> None:
     cell = _cell("swinv2-h", 16, activation_checkpointing="block")
     cell = CellConfig(**{**cell.__dict__, "finetune": FinetuneConfig(batch_size=16384)})
