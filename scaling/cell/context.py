@@ -14,7 +14,7 @@ import logging
 import os
 import posixpath
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ import torch
 from scaling.config.schema import CellConfig
 from scaling.errors import UserError
 from scaling.train.checkpoint import checkpoint_bytes, read_checkpoint
+from scaling.train.shards import gather_full, save_shards
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,35 @@ class CellStore(Protocol):
 
 
 @dataclass
+class Shards:
+    """A phase of several ranks: its checkpoints keep model, optimizer and every rank's RNG
+    streams as DCP shards (:mod:`scaling.train.shards`), each rank writing its own."""
+
+    model: Any
+    optimizer: Any = None
+    slots: list[str] = field(default_factory=list)
+    """Shard folders the newest checkpoints name, newest first (never overwritten)."""
+
+    def next_slot(self, checkpoint_rel: str) -> str:
+        """One of three folders beside the checkpoint, none of the two newest ones."""
+        root = posixpath.splitext(checkpoint_rel)[0] + ".shards"
+        free = next(f"{root}/{i}" for i in range(3) if f"{root}/{i}" not in self.slots[:2])
+        self.slots.insert(0, free)
+        return free
+
+
+def shard_state(ctx: TrialContext, rel: str, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its model and optimizer written as DCP shards at ``rel`` (collective):
+    what remains names them. Without shards: ``state`` with DTensors made whole."""
+    if ctx.shards is not None and "model" in state:
+        s = ctx.shards
+        save_shards(ctx.store, rel, s.model, s.optimizer, rank=ctx.rank, device=ctx.device)
+        state = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+        state["shards"] = rel
+    return gather_full(state)  # e.g. the final encoder under FSDP2: one file
+
+
+@dataclass
 class TrialContext:
     """What both phases share: where to write, on which device, which rank."""
 
@@ -60,6 +90,8 @@ class TrialContext:
     report: Reporter | None = None
     rank: int = 0
     world_size: int = 1
+    shards: Shards | None = None
+    """Set by the runner when the phase runs on several ranks."""
 
     @property
     def is_main(self) -> bool:
@@ -90,7 +122,16 @@ class TrialContext:
             self.report(dict(fields))
 
     def save(self, name: str, state: dict[str, Any]) -> None:
-        """Write checkpoint ``name``; the one it replaces stays as ``<stem>.prev<suffix>``."""
+        """Write checkpoint ``name``; the one it replaces stays as ``<stem>.prev<suffix>``.
+
+        Every rank calls it: on several ranks the model and optimizer go to DCP shards
+        each rank writes (a slot the newest two checkpoints do not name), then rank 0
+        writes the small rest, which names them.
+        """
+        if self.shards is not None and "model" in state:
+            state = shard_state(self, self.shards.next_slot(self.rel(name)), state)
+        else:
+            state = gather_full(state)
         if self.is_main:
             blob = checkpoint_bytes(state)
             self.store.move(self.rel(name), self.rel(previous_name(name)))
@@ -135,14 +176,13 @@ def previous_name(name: str) -> str:
 
 def seed_checkpoint(ctx: TrialContext, targets: list[str], state: dict[str, Any]) -> None:
     """Write ``state`` as a resumable checkpoint at each ``targets`` path that has none yet
-    (a trunk seeding its branches; a stage keeping its prefix). Rank 0 only."""
-    if not ctx.is_main:
-        return
-    missing = [t for t in targets if not ctx.store.exists(t)]
-    if missing:  # the seeded stage's own wall time starts at 0: the prefix is counted once
-        blob = checkpoint_bytes({**state, "wall_s": 0.0})
-        for target in missing:
-            ctx.store.write_bytes(target, blob)
+    (a trunk seeding its branches; a stage keeping its prefix). Every rank calls it: on
+    several ranks each target gets its own shards (``<stem>.shards/seed``)."""
+    missing = [t for t in targets if not ctx.store.exists(t)]  # every rank, before writes
+    for target in missing:  # the seeded stage's own wall time starts at 0: counted once
+        seeded = shard_state(ctx, posixpath.splitext(target)[0] + ".shards/seed", state)
+        if ctx.is_main:
+            ctx.store.write_bytes(target, checkpoint_bytes({**seeded, "wall_s": 0.0}))
 
 
 def pick_device(assigned: torch.device | None = None) -> torch.device:
@@ -164,6 +204,21 @@ def pick_device(assigned: torch.device | None = None) -> torch.device:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def maybe_inject_nan(model: torch.nn.Module, rank: int) -> None:
+    """Make rank ``r``'s model output NaN from its ``n``-th training forward on
+    (``MIMSCALE_NAN_AT="r:n"``; reliability tests only): a non-finite loss on one rank."""
+    spec = os.environ.get("MIMSCALE_NAN_AT", "")
+    if not spec or int(spec.split(":")[0]) != rank:
+        return
+    at, calls = int(spec.split(":")[1]), [0]
+
+    def poison(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        calls[0] += module.training
+        return output * float("nan") if module.training and calls[0] >= at else output
+
+    model.register_forward_hook(poison)
 
 
 def maybe_inject_fault(phase: str, step: int, stage_id: str = "") -> None:

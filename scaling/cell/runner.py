@@ -14,6 +14,7 @@ back in :class:`PhaseOutput` rather than writing them into shared state.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,13 +22,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from scaling.cell.context import CellError, TrialContext, maybe_inject_fault, seed_checkpoint
+from scaling.cell.context import (
+    CellError,
+    Shards,
+    TrialContext,
+    maybe_inject_fault,
+    maybe_inject_nan,
+    seed_checkpoint,
+)
 from scaling.config.rules import micro_batch
 from scaling.errors import UserError
 from scaling.train.checkpoint import set_rng_state, unwrap
 from scaling.train.loop import NonFiniteLoss, Phase, amp_dtype, distributed, make_scaler
+from scaling.train.parallel import rank_seed, seed_rank, sharded, wrap
+from scaling.train.shards import load_shards
 
 Point = dict[str, Any]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -160,30 +171,82 @@ class PhaseRunner:
         return self.previous_wall + time.time() - self.started
 
     def _prepare(self, ckpt: dict[str, Any] | None) -> tuple[Any, Any, Any, int]:
-        """Seeded model, optimizer and scaler, resumed from ``ckpt``, then wrapped."""
-        s = self.settings
-        torch.manual_seed(self.seed)  # the init, then drop path: a pure function of the seed
+        """Seeded model, optimizer and scaler, wrapped for its ranks, resumed from ``ckpt``.
+
+        The initialisation draws from the cell's seed on every rank (the same weights);
+        then each rank gets its own drop-path stream. On several ranks the model is
+        wrapped (``resources.parallelism``: DDP or FSDP2) before the optimizer is built,
+        since FSDP2 turns the parameters into DTensors in place.
+        """
+        from scaling.model.simmim import set_checkpointing, shard_units
+
+        s, ctx = self.settings, self.ctx
+        torch.manual_seed(self.seed)
         model = self.build_model().to(self.device)
+        set_checkpointing(model, s.activation_checkpointing)
+        maybe_inject_nan(model, ctx.rank)
         self.channels_last = self.device.type == "cuda" and s.channels_last
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.dtype = amp_dtype(s.amp, self.device)
+        self.unwrapped, wrapped = model, model
+        if ctx.world_size > 1 and distributed():
+            wrapped = wrap(model, ctx.cell.resources.parallelism, shard_units(model))
+            ctx.shards = Shards(wrapped)
         optimizer = self.build_optimizer(model)
+        if ctx.shards is not None:
+            ctx.shards.optimizer = optimizer
         scaler = make_scaler(self.device, self.dtype)
         step = 0
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
+        if ckpt is None:
+            seed_rank(self.seed, ctx.rank)
+        else:
             step, self.points = ckpt["step"], ckpt["points"]
-            set_rng_state(ckpt["rng"])
-        self.unwrapped = model
-        if self.ctx.world_size > 1 and distributed():
-            model = nn.parallel.DistributedDataParallel(model)
+            scaler.load_state_dict(ckpt["scaler"])
+            self._restore(ckpt, wrapped, optimizer, step)
         if s.compile:
-            model = torch.compile(model)
-        self.model = model
-        return model, optimizer, scaler, step
+            wrapped = torch.compile(wrapped)
+        self.model = wrapped
+        return wrapped, optimizer, scaler, step
+
+    def _restore(self, ckpt: dict[str, Any], model: nn.Module, optimizer: Any, step: int) -> None:
+        """Weights, optimizer and this rank's random streams from a checkpoint."""
+        ctx = self.ctx
+        if "shards" in ckpt:
+            if ctx.shards is not None:
+                ctx.shards.slots = [ckpt["shards"]]
+            streams = load_shards(
+                ctx.store,
+                ckpt["shards"],
+                model,
+                optimizer,
+                rank=ctx.rank,
+                world_size=ctx.world_size,
+                device=self.device,
+            )
+        elif sharded(model):
+            raise CellError(
+                f"stage {ctx.stage_id}: its checkpoint was written by one rank; FSDP2 over "
+                f"{ctx.world_size} ranks cannot load it (rerun with resources.parallelism = "
+                '"ddp" until the next checkpoint, or start the stage afresh)'
+            )
+        else:
+            unwrap(model).load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            streams = ctx.world_size == 1
+            if streams:
+                set_rng_state(ckpt["rng"])
+        if not streams:
+            # the rank's drop-path stream is not in the checkpoint: derive it from
+            # (seed, step, rank), which is exact only when nothing draws from it
+            torch.manual_seed(rank_seed(self.seed * 1_000_003 + step, ctx.rank))
+            log.warning(
+                "stage %s resumes on %d ranks from a checkpoint of another rank count: "
+                "weights and optimizer are exact, drop-path draws restart from (seed, step, "
+                "rank), so the run equals an uninterrupted one only with drop_path = 0",
+                ctx.stage_id,
+                ctx.world_size,
+            )
 
     def _loop(self, model: nn.Module, optimizer: Any, scaler: Any) -> Phase:
         def log(step: int, loss: float, lr: float) -> None:

@@ -16,6 +16,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -29,12 +32,17 @@ from ray.tune.search import Searcher
 from scaling.config.parse import ConfigError, from_dict
 from scaling.config.schema import CellConfig
 from scaling.errors import UserError
+from scaling.study.cluster import CONNECT_TIMEOUT_S, join_error, probe, requested_address
+from scaling.study.reaper import Reaper
 from scaling.study.store import ResultStore
 
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "MIMSCALE_"
 """Driver environment variables with this prefix are set in every trial (fault injection)."""
+
+INTERRUPTED = "interrupted"
+"""A stage's status when a signal stopped the run in its middle (it resumes next time)."""
 
 ProgressHook = Callable[[Collection[str]], None]
 """Called every few seconds with the ids of the cells in flight."""
@@ -84,12 +92,14 @@ def concurrency(cells: Sequence[CellConfig], total: dict[str, float], cap: int =
     too_big = [c for c, n in zip(cells, fits, strict=True) if n == 0]
     if too_big:
         c = too_big[0]
-        need = ", ".join(f"{v:g} {k}" for k, v in cell_bundle(c).items() if v)
-        have = ", ".join(f"{total.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
+        need = cell_bundle(c)
+        short = next(k for k, v in need.items() if v and total.get(k, 0.0) < v)
+        key = {"CPU": "resources.cpus", "GPU": "resources.gpus"}[short]
+        per = "" if c.resources.workers == 1 else f" ({c.resources.workers} workers)"
         raise ConfigError(
-            "resources",
-            f"a {c.model} cell needs {need} but the Ray cluster has {have}; lower "
-            f"resources (e.g. --set resources.gpus=0) or join a larger cluster (--address)",
+            key,
+            f"a {c.model} cell needs {need[short]:g} {short}{per} but the Ray cluster has "
+            f"{total.get(short, 0.0):g}; lower {key} or join a larger cluster (--address)",
         )
     n = max(fits)
     return min(n, cap) if cap > 0 else n
@@ -160,14 +170,19 @@ def _ddp_worker(config: dict[str, Any]) -> None:
     ctx = train.get_context()
     # No ray.train.report: Train V2 makes it a barrier of all ranks, and only rank 0
     # writes progress; the driver reads progress.json from the store instead.
-    _run_job(
-        job,
-        cell,
-        ResultStore(config["store"]),
-        rank=ctx.get_world_rank(),
-        world_size=ctx.get_world_size(),
-        device=get_device(),  # this worker's GPU (cpu without one)
-    )
+    try:
+        _run_job(
+            job,
+            cell,
+            ResultStore(config["store"]),
+            rank=ctx.get_world_rank(),
+            world_size=ctx.get_world_size(),
+            device=get_device(),  # this worker's GPU (cpu without one)
+        )
+    except UserError as err:
+        # one error type crosses the worker group (a ConfigError's arguments do not
+        # survive pickling): _run_ddp finds it among the worker failures
+        raise UserError(f"rank {ctx.get_world_rank()}: {err}") from None
 
 
 def _run_job(job: dict[str, Any], cell: CellConfig, store: ResultStore, **kw: Any) -> Any:
@@ -205,7 +220,14 @@ def _run_ddp(job: dict[str, Any], cell: CellConfig, store: ResultStore, env: dic
             failure_config=FailureConfig(max_failures=0),
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as err:  # Ray Train's WorkerGroupError: each rank's error by rank
+        failures = getattr(err, "worker_failures", None) or {}
+        user = [e for _, e in sorted(failures.items()) if isinstance(e, UserError)]
+        if user:  # the same input fails the same way again: not a crash to retry
+            raise UserError(str(user[0])) from None
+        raise
 
 
 def _stage_trainable(
@@ -244,13 +266,14 @@ def _fields(kind: str, cell: CellConfig) -> dict[str, Any]:
 def _check_digests(job: dict[str, Any], cell: CellConfig, store: ResultStore) -> None:
     """Refuse a stage whose manifests changed after the driver planned it (a rebuild while
     the grid ran): its id, and every result it would write, stand for the old ones."""
-    from scaling.config.identity import manifest_digests
+    from subsets.manifest import read_manifest_info
 
     record = store.read_json(f"stages/{job['kind']}/{job['stage_id']}/stage.json") or {}
     planned = record.get("identity", {}).get("digests")
     if planned is None:
         return
-    now = manifest_digests(cell)
+    # the footer's digests: the driver checked every row against them before it planned
+    now = {n: read_manifest_info(cell.data_config.manifest(n)).digest for n in cell.subsets()}
     changed = sorted(n for n in planned if planned[n] != now.get(n))
     if changed:
         raise ConfigError(
@@ -299,7 +322,8 @@ class _StageSearcher(Searcher):
         if stage_id in self.crashed or stage_id in self.failed:
             return "failed"
         row = self.store.stage_row("pretrain", stage_id)
-        return None if row is None else row.get("status")
+        status = None if row is None else row.get("status")
+        return None if status == INTERRUPTED else status  # it runs again in this experiment
 
     def _ready(self, job: dict[str, Any]) -> bool | str | None:
         """True: run it; a message: its upstream failed; None: wait."""
@@ -336,28 +360,80 @@ def _storage_path(store: ResultStore) -> str:
     return local if local is not None else f"{store.uri.rstrip('/')}/ray"
 
 
-def connect(address: str | None, *, verbose: bool = False) -> bool:
+_reaper: Reaper | None = None
+
+
+def connect(
+    address: str | None, *, verbose: bool = False, timeout_s: float = CONNECT_TIMEOUT_S
+) -> bool:
     """Join ``address`` (or RAY_ADDRESS), else start a local instance; True if we started one.
 
-    The local instance is started with ``address="local"``: a new one even when a
-    ``ray start`` cluster runs on this machine (``ray.init()`` without an address
-    would join that one, which has its own resources and owner). Its authentication
-    mode is chosen before ray is imported (``cli_study._local_ray_auth``).
+    A cluster address is probed first (:func:`scaling.study.cluster.probe`, at most
+    ``timeout_s``) and Ray's errors are worded for a user (ClusterError, exit 2). The
+    local instance is started with ``address="local"``: a new one even when a ``ray
+    start`` cluster runs on this machine (``ray.init()`` without an address would join
+    that one, which has its own resources and owner), in a private temp folder that a
+    watchdog (:mod:`scaling.study.reaper`) removes with every process of the instance
+    when the driver ends, however it ends. Its authentication mode is chosen before ray
+    is imported (``verbs._local_ray_auth``). The driver's own SIGTERM handler (see
+    :mod:`scaling.study.interrupt`) survives ``ray.init``, which installs its own.
     """
+    global _reaper
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address, origin = requested_address(address)
     common: dict[str, Any] = {
         "log_to_driver": verbose,
         "logging_level": logging.INFO if verbose else logging.WARNING,
         "configure_logging": True,
     }
+    handler = signal.getsignal(signal.SIGTERM)
     if address:
+        probe(address, origin, timeout_s)
         log.info("joining the Ray cluster at %s", address)
-        ray.init(address=address, **common)
+        try:
+            ray.init(address=address, **common)
+        except Exception as err:  # ConnectionError, ValueError (ray[client]), auth errors
+            raise join_error(address, origin, err) from None
+        finally:
+            _keep_handler(handler)
         return False
-    ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, **common)
+    temp = os.path.join(tempfile.gettempdir(), f"mimscale-ray-{os.getpid()}")
+    _reaper = Reaper(temp)
+    try:
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count() or 1,
+            include_dashboard=False,
+            _temp_dir=temp,
+            **common,
+        )
+    finally:
+        _keep_handler(handler)
     return True
+
+
+def _keep_handler(handler: Any) -> None:
+    if threading.current_thread() is threading.main_thread() and handler is not None:
+        signal.signal(signal.SIGTERM, handler)
+
+
+def disconnect(started: bool) -> None:
+    """Shut down the local instance ``connect`` started (its watchdog then cleans up)."""
+    global _reaper
+    if not started:
+        return
+    try:
+        ray.shutdown()
+    finally:
+        if _reaper is not None:
+            _reaper.close()
+            _reaper = None
+
+
+def cluster_concurrency(cells: Sequence[CellConfig], cap: int = 0) -> int:
+    """:func:`concurrency` on the connected cluster (ConfigError naming the resource key)."""
+    return concurrency(cells, ray.cluster_resources(), cap)
 
 
 def _quiet() -> None:
@@ -473,6 +549,5 @@ def run_grid(
         result.retries = dict(progress.retries)
     finally:
         result.wall_s = time.monotonic() - t0
-        if started:
-            ray.shutdown()
+        disconnect(started)
     return result

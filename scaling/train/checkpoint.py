@@ -2,7 +2,10 @@
 
 A checkpoint holds everything that makes resume exact: model and optimizer
 state, the step (the sampler resumes from it), the curves so far, the grad
-scaler, and the RNG states of torch (drop path draws from it) and CUDA.
+scaler, and the RNG states of torch (drop path draws from it) and of this
+process's own GPU (not every visible one: a resume may see another count).
+A phase of several ranks keeps model, optimizer and every rank's RNG states in
+sharded DCP checkpoints instead (:mod:`scaling.train.shards`).
 """
 
 from __future__ import annotations
@@ -17,16 +20,26 @@ log = logging.getLogger(__name__)
 
 
 def rng_state() -> dict[str, Any]:
+    """The CPU stream and the current GPU's (the one this process trains on)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`; older checkpoints held a list of every visible GPU's."""
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or not torch.cuda.is_available():
+        return
+    if isinstance(cuda, list | tuple):
+        current = torch.cuda.current_device()
+        if current >= len(cuda):
+            log.warning("checkpoint has no CUDA stream for GPU %d; it starts afresh", current)
+            return
+        cuda = cuda[current]
+    torch.cuda.set_rng_state(cuda)
 
 
 def checkpoint_bytes(state: dict[str, Any]) -> bytes:
