@@ -4,8 +4,9 @@ Targets (issue 9): ``status studies/quickstart.toml`` on a finished quickstart �
 ≤ 250 MB peak RSS on 2 cores; ``plan studies/paper.toml`` ≤ 2 s with its FLOP cache warm.
 
 The finished quickstart is the real study's cells over the real demo manifests (built into a
-temp dir), each with a complete row and curves written through the store, as a finished run
-leaves them (numbers are placeholders: status only reads them). Each command runs in a fresh
+temp dir), each complete in a store laid out as that revision lays it out (the flat layout's
+``cells/<id>/``, or ``stages/<kind>/<id>/``), written through that revision's own store
+(numbers are placeholders: status only reads them). Each command runs in a fresh
 process (``python -m scaling …``); wall time is the median of ``--repeat`` runs measured by
 this script, peak RSS the child's own ``ru_maxrss``. The baseline is another revision of this
 repository (default e80e4eb, the flat layout) checked out with ``git worktree`` and run with
@@ -36,33 +37,60 @@ WRAP = (
 )
 
 
-def finished_quickstart(work: Path) -> tuple[Path, list[str]]:
-    """The quickstart study on demo data in ``work``, with every cell complete in its store."""
-    sys.path.insert(0, str(REPO))
-    from scaling.config.identity import cell_id, manifest_digests
+FILL = """
+import sys
+try:  # the stage layout
+    from scaling.config.identity import cell_digests, study_subsets
     from scaling.config.load import load_study
+    from scaling.study.stages import build_graph
     from scaling.study.store import ResultStore
-    from subsets.demo import build_demo
-
-    build_demo(work / "demo")
-    text = (REPO / "studies" / "quickstart.toml").read_text()
-    study_file = work / "quickstart.toml"
-    study_file.write_text(text)
-    overrides = [f"data.root={work / 'demo'}", f"data.manifest_dir={work / 'demo' / 'manifests'}"]
-    overrides.append(f"output_dir={work / 'out'}")
-    study = load_study(study_file, overrides)
+    study = load_study(sys.argv[1], sys.argv[2:])
+    store = ResultStore(study.output_dir)
+    subsets = study_subsets(study)
+    graph = build_graph([(c, cell_digests(c, subsets)) for c in study.cells()])
+    for i, stage in enumerate(graph.stages()):
+        row = {**stage.cell.row_fields(), "stage_id": stage.stage_id, "status": "complete",
+               "val_loss": 0.5 + i / 100, "finetune_top1": 50.0}
+        points = [{"phase": stage.kind, "step": s, "split": "val", "metric": "loss",
+                   "value": 0.5, "lr": 1e-3} for s in range(0, 81, 10)]
+        store.write_stage_result(stage.kind, row, points)
+        store.write_json(f"{stage.dir}/progress.json", {"phase": "done"})
+except ImportError:  # the flat layout (e80e4eb): one directory per cell
+    from scaling.config import load_study
+    from scaling.digests import manifest_digests
+    from scaling.store import ResultStore
+    study = load_study(sys.argv[1], sys.argv[2:])
     store = ResultStore(study.output_dir)
     for i, cell in enumerate(study.cells()):
-        cid = cell_id(cell, manifest_digests(cell))
-        row = {**cell.row_fields(), "cell_id": cid, "status": "complete", "val_loss": 0.5 + i / 100}
-        row |= {"train_loss": 0.4, "finetune_top1": 50.0 + i, "finetune_top5": 90.0}
-        points = [
-            {"cell_id": cid, "phase": "pretrain", "step": s, "split": "val", "metric": "loss",
-             "value": 0.5, "lr": 1e-3}
-            for s in range(0, cell.iterations + 1, 10)
-        ]  # fmt: skip
+        cid = cell.cell_id(manifest_digests(cell))
+        row = {**cell.row_fields(), "cell_id": cid, "status": "complete",
+               "val_loss": 0.5 + i / 100, "finetune_top1": 50.0}
+        points = [{"cell_id": cid, "phase": "pretrain", "step": s, "split": "val",
+                   "metric": "loss", "value": 0.5, "lr": 1e-3} for s in range(0, 81, 10)]
         store.write_cell_result(row, points)
-        store.write_json(f"cells/{cid}/progress.json", {"phase": "done", "step": cell.iterations})
+        store.write_json(f"cells/{cid}/progress.json", {"phase": "done"})
+"""
+
+
+def finished_quickstart(work: Path, src: Path, name: str) -> tuple[Path, list[str]]:
+    """The quickstart study on demo data in ``work``, with every cell complete in its store
+    as revision ``src`` lays results out."""
+    sys.path.insert(0, str(REPO))
+    from subsets.demo import build_demo
+
+    if not (work / "demo").exists():
+        build_demo(work / "demo")
+    study_file = work / "quickstart.toml"
+    study_file.write_text((REPO / "studies" / "quickstart.toml").read_text())
+    overrides = [f"data.root={work / 'demo'}", f"data.manifest_dir={work / 'demo' / 'manifests'}"]
+    overrides.append(f"output_dir={work / name}")
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    proc = subprocess.run(
+        [sys.executable, "-c", FILL, str(study_file), *overrides],
+        cwd=src, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    if proc.returncode:
+        raise SystemExit(f"{src}: filling the store failed:\n{proc.stderr[-2000:]}")
     return study_file, overrides
 
 
@@ -90,32 +118,34 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        study_file, overrides = finished_quickstart(work)
         base = work / "baseline"
         subprocess.run(
             ["git", "worktree", "add", "--detach", "-f", str(base), args.baseline],
             cwd=REPO, check=True, capture_output=True,
         )  # fmt: skip
         env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache")}
-        sets = [a for o in overrides for a in ("--set", o)]
-        paper = ["plan", str(REPO / "studies" / "paper.toml")]
-        status = ["status", str(study_file), *sets]
         try:
             rows = []
-            for label, argv, targets in (
-                ("status quickstart (finished)", status, "≤ 1.0 s, ≤ 250 MB"),
-                ("plan paper (FLOP cache warm)", paper, "≤ 2.0 s"),
+            for label, targets in (
+                ("status quickstart (finished)", "≤ 1.0 s, ≤ 250 MB"),
+                ("plan paper (FLOP cache warm)", "≤ 2.0 s"),
             ):
-                for src in (REPO, base):
+                figures = []
+                for src, name in ((REPO, "now"), (base, "base")):
+                    if label.startswith("status"):
+                        study_file, overrides = finished_quickstart(work, src, name)
+                        sets = [a for o in overrides for a in ("--set", o)]
+                        argv = ["status", str(study_file), *sets]
+                    else:
+                        argv = ["plan", str(src / "studies" / "paper.toml")]
                     subprocess.run(
                         [sys.executable, "-m", "scaling", *argv],
                         cwd=src,
                         capture_output=True,
                         env={**env, "PYTHONPATH": str(src)},
                     )  # fmt: skip  (warms the FLOP cache of each revision)
-                new = measure(REPO, argv, args.repeat, env)
-                old = measure(base, argv, args.repeat, env)
-                rows.append((label, new, old, targets))
+                    figures.append(measure(src, argv, args.repeat, env))
+                rows.append((label, figures[0], figures[1], targets))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO)
     print(f"{'command':<30} {'now s':>7} {'now MB':>7} {args.baseline + ' s':>12} "
