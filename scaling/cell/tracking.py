@@ -1,0 +1,272 @@
+"""Experiment trackers of a stage — TensorBoard, MLflow, Weights & Biases — and its speed.
+
+Rank 0 of every stage (one process or many) opens a :class:`StageTracker` for the
+trackers the study's ``[tracking]`` switches on, each through its library's own API:
+``torch.utils.tensorboard.SummaryWriter`` (event files, no server), ``MlflowClient`` (a
+local file store or a server) and ``wandb.init`` (``offline`` writes files and needs no
+network). The tracker is a :data:`~scaling.cell.context.Reporter`: it sees the progress
+a phase reports once per log interval (train loss, lr, images/s, the last validation
+values with their step) and logs them as curves; at the end it logs the stage's final
+metrics and closes the run as finished or failed. A retried stage continues the same
+MLflow / W&B run (found by its stage id). Output goes under
+``<output_dir>/tracking/``; for an object-store output it is written to a local
+folder and uploaded when the stage ends.
+
+:class:`Throughput` measures a phase's images/s and the time to its last step.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from scaling.config.schema import TrackingConfig
+from scaling.errors import UserError
+
+log = logging.getLogger(__name__)
+
+Metrics = dict[str, float]
+
+
+class TrackingError(UserError):
+    """A tracker that cannot be used (its library is not installed)."""
+
+
+BACKENDS: dict[str, tuple[str, str]] = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "mlflow": ("mlflow", "mlflow"),
+    "wandb": ("wandb", "wandb"),
+}
+"""``[tracking]`` key → (module it imports, its PyPI package)."""
+VAL_METRICS = {
+    "pretrain": {"val_loss": "val/loss"},
+    "finetune": {"finetune_top1": "val/top1", "finetune_top5": "val/top5"},
+}
+"""A phase's validation values in its progress → their curve names."""
+
+
+def _installed(module: str) -> bool:
+    if module in sys.modules:  # None there: an import known to fail
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
+
+
+def check_tracking(cfg: TrackingConfig) -> None:
+    """Refuse trackers whose library is missing, before anything runs (no import)."""
+    for key in cfg.enabled:
+        module, package = BACKENDS[key]
+        if not _installed(module):
+            raise TrackingError(
+                f"tracking.{key}: the study turns on {key}, but the {package!r} package is "
+                f"not installed; pip install 'mimscale[tracking]' (or pip install {package}), "
+                f"or switch it off in [tracking]"
+            )
+
+
+class Throughput:
+    """Images/s over the last log interval and the time left at the rate since the start."""
+
+    def __init__(self, batch_size: int, step: int, iterations: int) -> None:
+        self.batch_size, self.iterations = batch_size, iterations
+        self.start = self.last = (step, time.time())
+
+    def tick(self, step: int) -> dict[str, float]:
+        """Progress fields at ``step``: ``images_per_s``, ``eta_s`` and ``time`` (Unix s)."""
+        now = time.time()
+        (s0, t0), (s1, t1) = self.start, self.last
+        self.last = (step, now)
+        fields = {"time": now}
+        if step > s1 and now > t1:
+            fields["images_per_s"] = (step - s1) * self.batch_size / (now - t1)
+        if step > s0 and now > t0:
+            fields["eta_s"] = max(0, self.iterations - step) * (now - t0) / (step - s0)
+        return fields
+
+
+def _run_name(cfg: TrackingConfig, kind: str, stage_id: str, cell: Any) -> str:
+    return cfg.run_name.format(
+        kind=kind,
+        stage_id=stage_id,
+        model=cell.model,
+        data=cell.data,
+        iterations=cell.iterations,
+        seed=cell.seed,
+        study=cfg.project,
+    )
+
+
+def _params(kind: str, stage_id: str, cell: Any) -> dict[str, Any]:
+    p = cell.pretrain
+    return {
+        "kind": kind,
+        "stage_id": stage_id,
+        "model": cell.model,
+        "data": cell.data,
+        "iterations": cell.iterations,
+        "seed": cell.seed,
+        "batch_size": p.batch_size,
+        "base_lr": p.base_lr,
+        "mask_ratio": p.mask_ratio,
+        "schedule": p.schedule,
+        "image_size": p.image_size,
+    }
+
+
+class _TensorBoard:
+    def __init__(self, root: Path, name: str, params: dict[str, Any]) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(root / "tensorboard" / name))
+        self.writer.add_text("params", "\n".join(f"{k}: {v}" for k, v in params.items()))
+
+    def log(self, metrics: Metrics, step: int) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
+
+    def close(self, ok: bool) -> None:
+        self.writer.close()
+
+
+class _MLflow:
+    def __init__(self, uri: str, project: str, name: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        self.client = client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(project)
+        if exp is None:
+            try:
+                exp_id = client.create_experiment(project)
+            except MlflowException:  # another stage created it meanwhile
+                exp_id = client.get_experiment_by_name(project).experiment_id
+        else:
+            exp_id = exp.experiment_id
+        stage_id = params["stage_id"]
+        found = client.search_runs([exp_id], filter_string=f"tags.mimscale_stage = '{stage_id}'")
+        if found:  # a retried stage continues its run
+            self.run_id = found[0].info.run_id
+            client.update_run(self.run_id, status="RUNNING")
+        else:
+            run = client.create_run(exp_id, run_name=name, tags={"mimscale_stage": stage_id})
+            self.run_id = run.info.run_id
+            client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def log(self, metrics: Metrics, step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def close(self, ok: bool) -> None:
+        self.client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")
+
+
+class _Wandb:
+    def __init__(
+        self, mode: str, root: Path, project: str, name: str, params: dict[str, Any]
+    ) -> None:
+        import wandb
+
+        root.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=project,
+            name=name,
+            id=params["stage_id"],
+            resume="allow",
+            mode=mode,
+            dir=str(root),
+            config=params,
+            reinit="create_new",
+            settings=wandb.Settings(console="off", silent=True),
+        )
+
+    def log(self, metrics: Metrics, step: int) -> None:
+        self.run.log(dict(metrics), step=step)
+
+    def close(self, ok: bool) -> None:
+        self.run.finish(exit_code=0 if ok else 1)
+
+
+class StageTracker:
+    """Rank 0's trackers of one stage; call it with progress fields (a Reporter)."""
+
+    def __init__(
+        self,
+        cfg: TrackingConfig,
+        kind: str,
+        stage_id: str,
+        cell: Any,
+        *,
+        local_root: str | None,
+        upload: Callable[[Path], None] | None = None,
+    ) -> None:
+        check_tracking(cfg)
+        self.step = 0
+        self._val_step = -1
+        self._upload = upload if local_root is None else None
+        self.root = Path(local_root or tempfile.mkdtemp(prefix="mimscale-tracking-"))
+        name, params = _run_name(cfg, kind, stage_id, cell), _params(kind, stage_id, cell)
+        makers: dict[str, Callable[[], Any]] = {
+            "tensorboard": lambda: _TensorBoard(self.root, name, params),
+            "mlflow": lambda: _MLflow(cfg.mlflow or "", cfg.project, name, params),
+            "wandb": lambda: _Wandb(cfg.wandb, self.root, cfg.project, name, params),
+        }
+        self.backends = [makers[key]() for key in cfg.enabled]
+        log.info("stage %s tracked in %s", stage_id, ", ".join(cfg.enabled))
+
+    def __call__(self, fields: dict[str, Any]) -> None:
+        """Curves from one progress report: train loss, lr, images/s, new validation values."""
+        step = fields.get("step")
+        if step is None or fields.get("phase") == "done":
+            return
+        metrics = {
+            name: fields[key]
+            for key, name in (("train_loss", "train/loss"), ("lr", "lr"))
+            if _finite(fields.get(key))
+        }
+        if _finite(fields.get("images_per_s")):
+            metrics["images_per_s"] = fields["images_per_s"]
+        self._log(metrics, int(step))
+        val_step = fields.get("val_step")
+        if val_step is not None and val_step != self._val_step:
+            self._val_step = int(val_step)
+            names = VAL_METRICS[fields.get("phase") or "pretrain"]
+            val = {name: fields[k] for k, name in names.items() if _finite(fields.get(k))}
+            self._log(val, self._val_step)
+
+    def final(self, row: dict[str, Any]) -> None:
+        """The stage's final metrics (its result row's numbers), at its last step."""
+        keys = ("train_loss", "val_loss", "finetune_top1", "finetune_top5", "wall_s", "gpu_hours")
+        self._log({f"final/{k}": row[k] for k in keys if _finite(row.get(k))}, self.step)
+
+    def close(self, ok: bool) -> None:
+        """End every run (finished or failed) and upload a remote output's files."""
+        for backend in self.backends:
+            try:
+                backend.close(ok)
+            except Exception as err:  # a tracker's failure never fails the stage
+                log.warning("closing tracker %s: %s", type(backend).__name__, err)
+        if self._upload is not None:
+            self._upload(self.root)
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _log(self, metrics: Metrics, step: int) -> None:
+        if not metrics:
+            return
+        self.step = max(self.step, step)
+        for backend in self.backends:
+            backend.log(metrics, step)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
