@@ -226,7 +226,7 @@ def _run_ddp(job: dict[str, Any], cell: CellConfig, store: ResultStore, env: dic
         failures = getattr(err, "worker_failures", None) or {}
         user = [e for _, e in sorted(failures.items()) if isinstance(e, UserError)]
         if user:  # the same input fails the same way again: not a crash to retry
-            raise UserError(str(user[0])) from None
+            raise UserError("; ".join(str(e) for e in user)) from None  # every rank's
         raise
 
 
