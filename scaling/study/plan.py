@@ -20,6 +20,8 @@ from typing import Any
 
 from scaling.config.identity import cell_digests, cell_id, study_subsets
 from scaling.config.schema import CellConfig, StudyConfig
+from scaling.study.memory import NOTE as MEMORY_NOTE
+from scaling.study.memory import cell_memory_gib, check_memory
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,9 @@ class CellPlan:
     """pretrain_flops at the stated throughput."""
     gpus: float
     """GPUs the cell holds while it runs (workers × gpus per worker)."""
+    gpu_memory_gib: float | None = None
+    """Estimated peak memory per GPU over its phases (:mod:`scaling.study.memory`);
+    None for a CPU cell."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +88,8 @@ class StudyPlan:
     share_prefix: bool = True
     excluded: int = 0
     """Product points left out by ``[[grid.exclude]]``."""
+    memory_problems: tuple[str, ...] = ()
+    """Cells and phases whose estimated memory exceeds ``resources.gpu_memory_gb``."""
 
     @property
     def total_flops(self) -> float:
@@ -116,6 +123,7 @@ class StudyPlan:
             },
             "axes": self.axes,
             "excluded": self.excluded,
+            "memory": {"note": MEMORY_NOTE, "problems": list(self.memory_problems)},
             "cells": [asdict(c) for c in self.cells],
             "sharing": {
                 "enabled": self.share_prefix,
@@ -197,7 +205,8 @@ def plan_study(
     subsets = study_subsets(study)
     rows = []
     per_hour = 1 / (mfu * peak_tflops * 1e12) / 3600
-    for cell in study.cells():
+    cells = study.cells()
+    for cell in cells:
         p = cell.pretrain
         digests = cell_digests(cell, subsets)
         info = subsets[cell.data]
@@ -218,14 +227,16 @@ def plan_study(
                 pretrain_flops=flops,
                 gpu_hours=flops * per_hour,
                 gpus=cell.resources.gpus * cell.resources.workers,
+                gpu_memory_gib=cell_memory_gib(cell, _params_m) if cell.resources.gpus else None,
             )
         )
     g = study.grid
     points = g.points()
     axes = {
         "models": len(g.model_names()),
-        "data": len({d for _, d, _ in points}),
-        "iterations": len({it for _, _, it in points}),
+        "data": len({d for _, d, _, _ in points}),
+        "iterations": len({it for _, _, it, _ in points}),
+        "methods": len({m for *_, m in points}),
         "seeds": len(g.seeds),
         "mask_ratios": len(g.mask_ratios) or 1,
     }
@@ -239,6 +250,7 @@ def plan_study(
         sharing=tuple(_sharing(study, subsets)),
         share_prefix=g.share_prefix,
         excluded=len(g._product()) - len(points),
+        memory_problems=tuple(check_memory(cells, _params_m)),
     )
 
 
@@ -311,17 +323,18 @@ def format_plan(plan: StudyPlan) -> str:
     ]
     head = (
         f"{'cell':<16}  {'model':<12} {'params_m':>8}  {'data':<14} {'images':>11} "
-        f"{'iterations':>10} {'batch':>5} {'epochs':>8} {'flops':>10} {'gpu_h':>9}"
+        f"{'iterations':>10} {'batch':>5} {'epochs':>8} {'flops':>10} {'gpu_h':>9} {'mem_gib':>7}"
     )
     lines += [head, "-" * len(head)]
     for c in plan.cells:
         images = "-" if c.images is None else f"{'' if c.images_exact else '~'}{c.images:,}"
         epochs = "-" if c.epochs is None else _short(c.epochs)
         gpu_h = _short(c.gpu_hours)
+        mem = "-" if c.gpu_memory_gib is None else f"{c.gpu_memory_gib:.1f}"
         lines.append(
             f"{c.cell_id or 'pending-manifest':<16}  {c.model:<12} {c.params_m:>8.1f}  "
             f"{c.data:<14} {images:>11} {c.iterations:>10} {c.batch_size:>5} {epochs:>8} "
-            f"{_si(c.pretrain_flops, 'FLOP'):>10} {gpu_h:>9}"
+            f"{_si(c.pretrain_flops, 'FLOP'):>10} {gpu_h:>9} {mem:>7}"
         )
     lines.append("-" * len(head))
     total_h = plan.total_gpu_hours
@@ -330,6 +343,8 @@ def format_plan(plan: StudyPlan) -> str:
         f"{_short(total_h)} GPU-hours ({_short(total_h / 24)} GPU-days)"
     )
     lines += _format_sharing(plan)
+    lines.append(f"mem_gib: {MEMORY_NOTE}")
+    lines += [f"does not fit: {problem}" for problem in plan.memory_problems]
     if any(not c.images_exact for c in plan.cells):
         lines.append(
             "~ image count estimated from the standard subset size (no manifest on disk); "

@@ -191,3 +191,25 @@ def test_per_model_resources_carry_parallelism() -> None:
     with pytest.raises(ConfigError, match=r"parallelism: must be one of"):
         CellResources(parallelism="deepspeed")
     assert CellResources(parallelism="fsdp", gpu_memory_gb=141).gpu_memory_gb == 141
+
+
+def test_plan_prints_the_column_and_what_does_not_fit(tmp_path: Path, demo_dir: Path) -> None:
+    from scaling.study.plan import format_plan, plan_study
+
+    gpu = tiny_tables(demo_dir, tmp_path / "out", resources={"gpus": 1, "gpu_memory_gb": 1})
+    plan = plan_study(load_study(write_study(tmp_path / "gpu.toml", gpu)))
+    (cell,) = plan.cells
+    assert cell.gpu_memory_gib > 2.0  # the CUDA context alone is 2 GiB
+    (problem,) = plan.memory_problems
+    assert re.match(
+        r"cell swinv2-nano × demo-25pct × 8 \(seed 0\): needs 2\.\d GiB per GPU of 1 ", problem
+    )
+    text = format_plan(plan)
+    assert "mem_gib" in text and "calibrated on the CPU" in text
+    assert f"does not fit: {problem}" in text
+    assert plan.to_json()["memory"]["problems"] == [problem]
+
+    cpu = plan_study(
+        load_study(write_study(tmp_path / "cpu.toml", tiny_tables(demo_dir, tmp_path / "o")))
+    )
+    assert cpu.cells[0].gpu_memory_gib is None and cpu.memory_problems == ()
