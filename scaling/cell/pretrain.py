@@ -1,10 +1,11 @@
-"""SimMIM pre-training of one cell: iteration-based, with a validation-loss curve.
+"""Pre-training of one cell by its MIM method: iteration-based, with a validation-loss curve.
 
 What differs from fine-tuning (the rest is :class:`~scaling.cell.runner.PhaseRunner`):
-the SimMIM model around the registered encoder, AdamW with SimMIM's no-decay set,
-the recipe's lr schedule (multistep / cosine / WSD), random block masks, and the
-validation loss — a fixed mask per image (seeded by its manifest key) and no random
-crop, so losses compare across cells, models and reruns.
+the method's module around the registered encoder (SimMIM, MAE or LocalMIM, from
+:mod:`scaling.model.methods`), AdamW with the no-decay set, the recipe's lr schedule
+(multistep / cosine / WSD), the method's random masks, and the validation loss — the
+method's loss with a fixed mask per image (seeded by its manifest key) and no random
+crop, so losses compare across cells, models and reruns of one method.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def _mean_across_ranks(total: float, count: int, device: torch.device) -> float:
 def validation_loss(
     model: nn.Module, loader: Any, device: torch.device, dtype: torch.dtype | None
 ) -> float:
-    """Mean masked-L1 loss over the validation set (every image has the same mask count)."""
+    """Mean loss of the method over the validation set (each image's fixed mask; every
+    image has the same mask count, so the mean of batch means weighted by size is exact)."""
     model.eval()
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     for batch in loader:
@@ -75,7 +77,7 @@ class Pretrain(PhaseRunner):
     fix_hint = "lower pretrain.base_lr or check the data"
 
     def __init__(self, ctx: TrialContext, seeds: dict[int, list[str]] | None = None) -> None:
-        from scaling.data.masking import MaskGenerator
+        from scaling.model.methods import get_method
         from scaling.model.sizes import get_spec
         from scaling.train.schedule import scaled_lr
 
@@ -92,23 +94,18 @@ class Pretrain(PhaseRunner):
         self.seed = cell.seed
         self.peak = scaled_lr(p.base_lr, p.batch_size)
         self.val_loss = self.train_loss = float("nan")
-        self.mask = MaskGenerator(
-            input_size=p.image_size,
-            mask_patch_size=p.mask_patch_size,
-            model_patch_size=get_spec(cell.model).patch_size,
-            mask_ratio=p.mask_ratio,
-        )
+        self.mask = get_method(cell.method).masks(get_spec(cell.model), cell.recipe, p.image_size)
 
     def build_model(self) -> nn.Module:
-        from scaling.model.simmim import build_simmim
+        from scaling.model.methods import build_method
 
-        p = self.p
-        return build_simmim(
-            self.cell.model,
+        cell, p = self.cell, self.p
+        return build_method(
+            cell.method,
+            cell.model,
             img_size=p.image_size,
+            recipe=cell.recipe,
             drop_path_rate=p.drop_path,
-            norm_target=p.norm_target,
-            norm_target_window=p.norm_target_window,
         )
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
@@ -121,6 +118,7 @@ class Pretrain(PhaseRunner):
             weight_decay=p.weight_decay,
             betas=p.betas,
             fused=self.device.type == "cuda",
+            decay_set=p.weight_decay_set,
         )
 
     def train_batches(self, micro: int, start_micro_step: int) -> Any:
@@ -135,6 +133,9 @@ class Pretrain(PhaseRunner):
             num_workers=data.num_workers,
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
+            packed=data.packed or None,
+            decode=p.decode,
+            device=self.device if p.decode == "gpu" else None,
         )
         loader = build_pretrain_loader(
             manifest=data.manifest(cell.data),
@@ -142,6 +143,7 @@ class Pretrain(PhaseRunner):
             start_step=start_micro_step,
             crop_scale=p.crop_scale,
             max_bad_fraction=p.max_bad_fraction,
+            shard_window=data.shard_window,
             **common,
         )
         self.val_loader = build_val_loader(
@@ -173,6 +175,7 @@ class Pretrain(PhaseRunner):
     def evaluate(self, model: nn.Module, step: int, lr: float) -> None:
         self.val_loss = validation_loss(model, self.val_loader, self.device, self.dtype)
         self.add(step, "val", "loss", self.val_loss, lr)
+        self.val_step = step
 
     def on_log(self, step: int, loss: float, lr: float) -> None:
         self.train_loss = loss
@@ -182,12 +185,13 @@ class Pretrain(PhaseRunner):
             iterations=self.iterations,
             train_loss=loss,
             val_loss=self.val_loss,
+            val_step=getattr(self, "val_step", None),
             lr=lr,
+            **self.speed,
         )
 
     def finish(self, model: nn.Module, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
         from scaling.model.build import count_params_m
-        from scaling.model.flops import pretrain_flops_per_image
 
         cell, p = self.cell, self.p
         self.evaluate(model, step, self.lr_of(step - 1))
@@ -197,10 +201,9 @@ class Pretrain(PhaseRunner):
             iterations=self.iterations,
             train_loss=self.train_loss,
             val_loss=self.val_loss,
+            val_step=step,
         )
-        flops = pretrain_flops_per_image(
-            cell.model, img_size=p.image_size, mask_patch_size=p.mask_patch_size
-        )
+        flops = method_flops_per_image(cell)
         result = {
             "train_loss": self.train_loss,
             "val_loss": self.val_loss,
@@ -210,6 +213,20 @@ class Pretrain(PhaseRunner):
         }
         encoder = {k: v.cpu() for k, v in model.encoder.state_dict().items()}
         return result, {"encoder": encoder}
+
+
+def method_flops_per_image(cell: Any) -> float:
+    """FLOPs of one image's forward + backward of the cell's method (SimMIM: cached)."""
+    p = cell.pretrain
+    if cell.method == "simmim":
+        from scaling.model.flops import pretrain_flops_per_image
+
+        return pretrain_flops_per_image(
+            cell.model, img_size=p.image_size, mask_patch_size=p.mask_patch_size
+        )
+    from scaling.model.methods import flops_per_image
+
+    return flops_per_image(cell.method, cell.model, img_size=p.image_size, recipe=cell.recipe)
 
 
 def run_pretrain(ctx: TrialContext, seeds: dict[int, list[str]] | None = None) -> PhaseOutput:

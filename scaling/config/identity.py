@@ -34,6 +34,12 @@ _NOT_IDENTITY = (
     "models",
 )
 """Recipe fields that change how a stage is logged or how fast it runs, never its results."""
+NOT_IDENTITY_SECTIONS = ("source", "tracking")
+"""Study fields that say where it came from or where it reports, never what it computes
+(stage identities list what they use field by field, so these never reach them)."""
+_OMITTED_AT = {"decode": "fast", "weight_decay_set": "corrected"}
+"""Fields added after stage format 3, left out of an identity at these values, so the ids of
+stages that do not use them stay the same."""
 _FINETUNE_USES = ("amp", "channels_last")
 """Pre-training settings that fine-tuning follows (precision, memory format)."""
 
@@ -48,23 +54,48 @@ def _recipe(recipe: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     d = to_dict(recipe)
     for key in (*_NOT_IDENTITY, *drop):
         d.pop(key, None)
+    for key, neutral in _OMITTED_AT.items():
+        if d.get(key) == neutral:
+            d.pop(key)
     return d
 
 
+def _reading(cell: CellConfig) -> dict[str, Any]:
+    """How images are read when that changes them or their order: packed data (its shard-
+    aware epoch order; not where the pack lives). Empty for one file per image."""
+    data = cell.data_config
+    return {"packed": True, "shard_window": data.shard_window} if data.packed else {}
+
+
+_SIMMIM_ONLY = ("mask_ratio", "mask_patch_size", "norm_target", "norm_target_window")
+"""``[pretrain]`` fields that only SimMIM reads (another method's are in its own section)."""
+
+
 def pretrain_identity(cell: CellConfig, digests: dict[str, str]) -> dict[str, Any]:
-    """What determines a pre-trained encoder and its validation curve."""
+    """What determines a pre-trained encoder and its validation curve.
+
+    SimMIM's identity has no method key (the ids of every earlier study stay); another
+    method adds its name and its resolved recipe, and drops SimMIM's mask fields.
+    """
     names = (cell.data, cell.data_config.val)
-    return {
-        "kind": "pretrain",
-        "format": STAGE_FORMAT_VERSION,
-        "model": cell.model,
-        "data": cell.data,
-        "val": cell.data_config.val,
-        "iterations": cell.iterations,
-        "seed": cell.seed,
-        "recipe": _recipe(cell.pretrain),
-        "digests": {n: digests.get(n) for n in sorted(set(names))},
-    }
+    method = {}
+    if cell.method != "simmim":
+        method = {"method": cell.method, "method_recipe": _recipe(cell.recipe)}
+    return (
+        method
+        | {
+            "kind": "pretrain",
+            "format": STAGE_FORMAT_VERSION,
+            "model": cell.model,
+            "data": cell.data,
+            "val": cell.data_config.val,
+            "iterations": cell.iterations,
+            "seed": cell.seed,
+            "recipe": _recipe(cell.pretrain, drop=_SIMMIM_ONLY if method else ()),
+            "digests": {n: digests.get(n) for n in sorted(set(names))},
+        }
+        | ({"reading": _reading(cell)} if _reading(cell) else {})
+    )
 
 
 def finetune_identity(cell: CellConfig, pretrain: str, digests: dict[str, str]) -> dict[str, Any]:
@@ -81,7 +112,7 @@ def finetune_identity(cell: CellConfig, pretrain: str, digests: dict[str, str]) 
         "recipe": _recipe(cell.finetune, drop=("enabled",)),
         "precision": {k: getattr(cell.pretrain, k) for k in _FINETUNE_USES},
         "digests": {n: digests.get(n) for n in sorted(set(names))},
-    }
+    } | ({"reading": _reading(cell)} if _reading(cell) else {})
 
 
 def pretrain_id(cell: CellConfig, digests: dict[str, str]) -> str:
@@ -107,7 +138,8 @@ def stage_key(identity: dict[str, Any]) -> str:
 def study_hash(study: StudyConfig) -> str:
     """A stable digest of what the study computes (not where it was loaded from)."""
     d = to_dict(study)
-    d.pop("source")
+    for key in NOT_IDENTITY_SECTIONS:
+        d.pop(key, None)
     return identity_hash(d)
 
 

@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from scaling.config import rules
-from scaling.config.parse import check, from_dict, to_dict
+from scaling.config import recipes, rules
+from scaling.config.parse import ConfigError, check, from_dict, to_dict
+from scaling.config.recipes import DiagnosticsConfig, LocalMIMConfig, MAEConfig
 
 AMP_MODES = ("auto", "bf16", "fp16", "fp32")
+DECODE_MODES = ("fast", "exact", "gpu")
+WEIGHT_DECAY_SETS = ("corrected", "released")
 CHECKPOINTING = ("none", "block", "stage")  # scaling.model.family.CHECKPOINTING, torch-free
 PARALLELISM = ("ddp", "fsdp")
 
@@ -42,9 +45,15 @@ class DataConfig:
     """Build the embedded demo data set into ``root`` and ``manifest_dir`` when absent."""
     num_workers: int = 8
     """Data-loader worker processes per training process."""
+    packed: str = ""
+    """A pack (``mimscale subsets pack``) of every manifest the study reads, as a folder or
+    URI: images are read from its shards instead of one file each ('' : files)."""
+    shard_window: int = 4
+    """Packed data: blocks shuffled together within an epoch (the shard-aware order)."""
 
     def __post_init__(self) -> None:
         check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        check(self.shard_window >= 1, "shard_window", f"must be >= 1, got {self.shard_window}")
         for name in ("manifest_dir", "root"):
             check(bool(getattr(self, name)), name, "must not be empty")
 
@@ -62,6 +71,8 @@ class GridCell:
     """Pre-training subset."""
     iterations: int
     """Pre-training length in optimizer steps."""
+    method: str = ""
+    """MIM method ('': every one of ``grid.methods``)."""
 
     def __post_init__(self) -> None:
         check(self.iterations > 0, "iterations", f"must be > 0, got {self.iterations}")
@@ -77,19 +88,22 @@ class GridExclude:
     """Subset to leave out ('' matches any)."""
     iterations: int = 0
     """Length to leave out (0 matches any)."""
+    method: str = ""
+    """MIM method to leave out ('' matches any), e.g. MAE with the SwinV2 sizes."""
 
     def __post_init__(self) -> None:
         check(
-            bool(self.model or self.data or self.iterations),
+            bool(self.model or self.data or self.iterations or self.method),
             "",
-            "an exclude entry must name at least one of model, data, iterations",
+            "an exclude entry must name at least one of model, data, iterations, method",
         )
 
-    def matches(self, model: str, data: str, iterations: int) -> bool:
+    def matches(self, model: str, data: str, iterations: int, method: str = "simmim") -> bool:
         return (
             self.model in ("", model)
             and self.data in ("", data)
             and self.iterations in (0, iterations)
+            and self.method in ("", method)
         )
 
 
@@ -114,6 +128,9 @@ class GridConfig:
     share_prefix: bool = True
     """Train one trunk per (model, data, recipe, seed) and branch shorter lengths off it
     where that is exact (their lr schedules agree up to the fork step)."""
+    methods: tuple[str, ...] = ("simmim",)
+    """MIM methods (names in ``scaling.model.methods.METHODS``): ``simmim``, ``mae``,
+    ``localmim``; each pre-trains every model it supports (``[[grid.exclude]]`` the rest)."""
 
     def __post_init__(self) -> None:
         axes = ("models", "data", "iterations")
@@ -136,20 +153,25 @@ class GridConfig:
                     "is missing or empty: give grid.models, grid.data and grid.iterations "
                     "(their product is the grid), or grid.cells",
                 )
-        for name in (*axes, "seeds"):
+        check(len(self.methods) > 0, "methods", "must name at least one method")
+        for name in (*axes, "seeds", "methods"):
             values = getattr(self, name)
             check(len(set(values)) == len(values), name, f"has duplicates: {list(values)}")
         for i, it in enumerate(self.iterations):
             check(it > 0, f"iterations[{i}]", f"must be > 0, got {it}")
         check(len(self.points()) > 0, "exclude", "leaves no cell in the grid")
 
-    def _product(self) -> list[tuple[str, str, int]]:
+    def _product(self) -> list[tuple[str, str, int, str]]:
         if self.cells:
-            return [(c.model, c.data, c.iterations) for c in self.cells]
-        return list(itertools.product(self.models, self.data, self.iterations))
+            return [
+                (c.model, c.data, c.iterations, m)
+                for c in self.cells
+                for m in ((c.method,) if c.method else self.methods)
+            ]
+        return list(itertools.product(self.models, self.data, self.iterations, self.methods))
 
-    def points(self) -> list[tuple[str, str, int]]:
-        """(model, data, iterations) of every cell, in grid order, exclusions left out."""
+    def points(self) -> list[tuple[str, str, int, str]]:
+        """(model, data, iterations, method) of every cell, in grid order, exclusions left out."""
         return [p for p in self._product() if not any(r.matches(*p) for r in self.exclude)]
 
     def model_names(self) -> list[str]:
@@ -218,6 +240,13 @@ class PretrainConfig:
     """Stop when more than this fraction of samples failed to decode."""
     crop_scale: tuple[float, float] = (0.67, 1.0)
     """RandomResizedCrop area range."""
+    decode: str = "fast"
+    """JPEG decoding: ``fast`` (reduced-size DCT decode when a crop is downscaled ≥2×),
+    ``exact`` (full decode then bilinear resize, as the released SimMIM code) or ``gpu``
+    (nvJPEG on the cell's GPU, the same crops)."""
+    weight_decay_set: str = "corrected"
+    """Parameters AdamW decays: ``corrected`` exempts the SwinV2 position-bias MLP and logit
+    scales as the released code intends; ``released`` decays them as its keyword match does."""
     activation_checkpointing: str = "none"
     """Recompute encoder activations in the backward: ``none``, per ``block`` or per ``stage``."""
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -238,6 +267,16 @@ class PretrainConfig:
         check(self.clip_grad >= 0, "clip_grad", f"must be >= 0, got {self.clip_grad}")
         check(0 <= self.drop_path < 1, "drop_path", f"must be in [0, 1), got {self.drop_path}")
         check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        check(
+            self.decode in DECODE_MODES,
+            "decode",
+            f"must be one of {DECODE_MODES}, got {self.decode!r}",
+        )
+        check(
+            self.weight_decay_set in WEIGHT_DECAY_SETS,
+            "weight_decay_set",
+            f"must be one of {WEIGHT_DECAY_SETS}, got {self.weight_decay_set!r}",
+        )
         check(
             not (self.warmup_steps and self.warmup_fraction),
             "warmup_steps",
@@ -403,6 +442,73 @@ class ResourcesConfig:
         return self.models.get(model, self._default())
 
 
+TRACKING_WANDB = ("off", "offline", "online")
+RUN_NAME_FIELDS = ("kind", "stage_id", "model", "data", "iterations", "seed", "study")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingConfig:
+    """Experiment trackers every stage logs to (rank 0), through the libraries' own APIs.
+
+    Not part of any stage's id: switching a tracker on reruns nothing.
+    """
+
+    tensorboard: bool = False
+    """Write TensorBoard event files under ``<output_dir>/tracking/tensorboard``."""
+    mlflow: str | None = None
+    """MLflow tracking URI; ``""``: a local store, ``<output_dir>/tracking/mlflow.db`` (SQLite,
+    MLflow's own local backend)."""
+    wandb: str = "off"
+    """Weights & Biases: ``off``, ``offline`` (files under output_dir, no network) or ``online``."""
+    project: str = ""
+    """Project (W&B) / experiment (MLflow) name; empty: the study's name."""
+    run_name: str = "{kind}-{model}-{data}-{iterations}-{stage_id}"
+    """A run's name; placeholders: kind, stage_id, model, data, iterations, seed, study."""
+    log_upload_s: float = 60.0
+    """Seconds between uploads of a running stage's log to a remote (object-store) output."""
+
+    def __post_init__(self) -> None:
+        check(
+            self.wandb in TRACKING_WANDB,
+            "wandb",
+            f"must be one of {TRACKING_WANDB}, got {self.wandb!r}",
+        )
+        try:
+            self.run_name.format(**dict.fromkeys(RUN_NAME_FIELDS, "x"))
+        except (KeyError, IndexError, ValueError) as err:
+            check(
+                False,
+                "run_name",
+                f"{self.run_name!r} is not a valid template ({type(err).__name__}: {err}); "
+                f"placeholders: {', '.join(RUN_NAME_FIELDS)}",
+            )
+        check(
+            0 < self.log_upload_s <= 86400,
+            "log_upload_s",
+            f"must be in (0, 86400], got {self.log_upload_s}",
+        )
+
+    @property
+    def enabled(self) -> list[str]:
+        """The trackers switched on, by their ``[tracking]`` key."""
+        on = {"tensorboard": self.tensorboard, "mlflow": self.mlflow is not None}
+        return [k for k, v in {**on, "wandb": self.wandb != "off"}.items() if v]
+
+    def resolved(self, study: str, output_dir: str) -> TrackingConfig:
+        """With the study's name as default project and the local MLflow store made a URI."""
+        mlflow = self.mlflow
+        if mlflow == "":
+            check(
+                "://" not in output_dir or output_dir.startswith("file://"),
+                "mlflow",
+                f'"" means a local file store under output_dir, but output_dir is '
+                f"{output_dir}; give a tracking server URI (e.g. http://host:5000)",
+            )
+            local = output_dir.removeprefix("file://").rstrip("/")
+            mlflow = "sqlite:///" + str(Path(local, "tracking", "mlflow.db").absolute())
+        return dataclasses.replace(self, project=self.project or study, mlflow=mlflow)
+
+
 @dataclass(frozen=True, kw_only=True)
 class StudyConfig:
     name: str
@@ -414,6 +520,14 @@ class StudyConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment trackers (``[tracking]``); not part of any stage's id."""
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    """``[mae]``: MAE's own recipe (with ``mae`` in ``grid.methods``)."""
+    localmim: LocalMIMConfig = field(default_factory=LocalMIMConfig)
+    """``[localmim]``: LocalMIM's own recipe (with ``localmim`` in ``grid.methods``)."""
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    """``[diagnostics]``: the representation-diagnostics stage after each pre-training."""
     source: str = ""
     """The file the study was loaded from (set by the loader)."""
 
@@ -431,7 +545,7 @@ class StudyConfig:
                 f"grid.exclude[{i}].model",
                 f"unknown model {rule.model!r}; valid: {valid}",
             )
-        for section in ("pretrain", "finetune", "resources"):
+        for section in ("pretrain", "finetune", "resources", "mae", "localmim"):
             for model in getattr(self, section).models:  # may name sizes outside the grid
                 check(
                     model in MODEL_SIZES,
@@ -444,6 +558,11 @@ class StudyConfig:
             rules.check_pretrain_schedule(pretrain, self._length_keys(model))
             rules.check_model_fits(model, pretrain, finetune, key, ratios)
             _check_batches(pretrain, finetune, self.resources.for_model(model))
+        self._check_methods(ratios)
+        try:
+            self.tracking.resolved(self.name, self.output_dir)
+        except ConfigError as err:
+            raise ConfigError(f"tracking.{err.key}", err.message) from None
 
     def _model_keys(self) -> list[tuple[str, str]]:
         """(dotted key, model) of each model of the grid, first mention."""
@@ -463,7 +582,7 @@ class StudyConfig:
                 for i, c in enumerate(g.cells)
                 if c.model == model
             ]
-        lengths = {it for m, _, it in g.points() if m == model}
+        lengths = {it for m, _, it, _ in g.points() if m == model}
         return [(f"grid.iterations[{i}]", it) for i, it in enumerate(g.iterations) if it in lengths]
 
     def pretrain_for(self, model: str) -> PretrainConfig:
@@ -474,28 +593,54 @@ class StudyConfig:
         """The fine-tuning recipe of ``model``: the study's, with its per-size overrides."""
         return _resolved(self.finetune, model, "finetune")
 
+    def recipe_for(self, method: str, model: str) -> Any:
+        """``method``'s own recipe for ``model`` (SimMIM's is ``pretrain_for(model)``)."""
+        section = "pretrain" if method == "simmim" else method
+        return _resolved(getattr(self, section), model, section)
+
+    def _check_methods(self, ratios: tuple[tuple[str, float], ...]) -> None:
+        """Every method of the grid pre-trains its models (errors name grid.methods[i])."""
+        g = self.grid
+        keys = {m: f"grid.methods[{i}]" for i, m in enumerate(g.methods)}
+        keys |= {c.method: f"grid.cells[{i}].method" for i, c in enumerate(g.cells) if c.method}
+        model_keys = dict((m, k) for k, m in self._model_keys())
+        points = [(model_keys[p[0]], p) for p in g.points()]
+        recipes.check_methods(points, keys, self.recipe_for, self.pretrain_for, ratios)
+
     def cells(self) -> list[CellConfig]:
         """The grid in a stable order: model, data, iterations, seed, mask ratio."""
         ratios = self.grid.mask_ratios or (None,)
+        tracking = self.tracking.resolved(self.name, self.output_dir)
         out = []
-        for (m, d, it), s, r in itertools.product(self.grid.points(), self.grid.seeds, ratios):
-            pretrain = self.pretrain_for(m)
+        g = self.grid
+        for (m, d, it, meth), s, r in itertools.product(g.points(), g.seeds, ratios):
+            recipes_of = {
+                "pretrain": self.pretrain_for(m),
+                "mae": self.recipe_for("mae", m),
+                "localmim": self.recipe_for("localmim", m),
+            }
+            if r is not None:  # the mask-ratio axis sets the cell's own method's ratio
+                section = "pretrain" if meth == "simmim" else meth
+                recipes_of[section] = dataclasses.replace(recipes_of[section], mask_ratio=r)
             out.append(
                 CellConfig(
                     model=m,
                     data=d,
                     iterations=it,
                     seed=s,
+                    method=meth,
                     data_config=self.data,
-                    pretrain=pretrain if r is None else dataclasses.replace(pretrain, mask_ratio=r),
+                    **recipes_of,
                     finetune=self.finetune_for(m),
+                    diagnostics=self.diagnostics,
                     resources=self.resources.for_model(m),
+                    tracking=tracking,
                 )
             )
         return out
 
 
-T = TypeVar("T", PretrainConfig, FinetuneConfig)
+T = TypeVar("T", PretrainConfig, FinetuneConfig, MAEConfig, LocalMIMConfig)
 
 
 def _resolved(base: T, model: str, section: str) -> T:
@@ -523,12 +668,36 @@ class CellConfig:
     pretrain: PretrainConfig
     finetune: FinetuneConfig
     resources: CellResources = field(default_factory=CellResources)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """The study's trackers, resolved (project named, local MLflow store as a URI)."""
+    method: str = "simmim"
+    """MIM method of the pre-training (``scaling.model.methods.METHODS``)."""
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    """MAE's recipe, resolved for the model (read when ``method`` is ``mae``)."""
+    localmim: LocalMIMConfig = field(default_factory=LocalMIMConfig)
+    """LocalMIM's recipe, resolved for the model (read when ``method`` is ``localmim``)."""
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    """The diagnostics stage's settings."""
 
     def __post_init__(self) -> None:
         check(self.iterations > 0, "iterations", f"must be > 0, got {self.iterations}")
         rules.check_pretrain_schedule(self.pretrain, [("iterations", self.iterations)])
         rules.check_model_fits(self.model, self.pretrain, self.finetune, "model")
         _check_batches(self.pretrain, self.finetune, self.resources)
+        point = ("model", (self.model, self.data, self.iterations, self.method))
+        recipes.check_methods(
+            [point], {self.method: "method"}, lambda m, _: self.recipe, lambda _: self.pretrain, ()
+        )
+
+    @property
+    def recipe(self) -> Any:
+        """The method's own recipe: ``pretrain`` for SimMIM, else ``mae`` / ``localmim``."""
+        return self.pretrain if self.method == "simmim" else getattr(self, self.method)
+
+    @property
+    def mask_ratio(self) -> float:
+        """The fraction of tokens (or mask blocks) the method masks."""
+        return self.recipe.mask_ratio
 
     def row_fields(self) -> dict[str, Any]:
         """The cell's columns of ``cells.parquet`` known before it runs."""
@@ -538,7 +707,8 @@ class CellConfig:
             "iterations": self.iterations,
             "batch_size": self.pretrain.batch_size,
             "seed": self.seed,
-            "mask_ratio": self.pretrain.mask_ratio,
+            "mask_ratio": self.mask_ratio,
+            "method": self.method,
         }
 
     def subsets(self) -> list[str]:

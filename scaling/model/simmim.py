@@ -173,12 +173,15 @@ def set_checkpointing(model: nn.Module, mode: str) -> None:
     check_checkpointing(mode, "pretrain.activation_checkpointing")
     if isinstance(model, SimMIM):
         model.checkpointing = mode
+    elif mode == "none" and isinstance(getattr(model, "encoder", None), nn.Module):
+        return  # another MIM method (MAE, LocalMIM) around an encoder: nothing to switch
     else:
         _family_of(model).encoder_type()  # a registered family, or TypeError
         model.set_grad_checkpointing(mode != "none")
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks of a SimMIM model or a classifier: FSDP2's shard units."""
-    encoder = model.encoder if isinstance(model, SimMIM) else model
+    """The encoder's transformer blocks of a MIM model (SimMIM, MAE, LocalMIM) or a
+    classifier's: FSDP2's shard units."""
+    encoder = model.encoder if isinstance(getattr(model, "encoder", None), nn.Module) else model
     return _family_of(encoder).blocks(encoder)

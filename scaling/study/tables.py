@@ -30,6 +30,7 @@ PRETRAIN_COLUMNS: dict[str, pa.DataType] = {
     "epochs_seen": pa.float64(),
     "seed": pa.int64(),
     "mask_ratio": pa.float64(),
+    "method": pa.string(),
     "status": pa.string(),
     "train_loss": pa.float64(),
     "val_loss": pa.float64(),
@@ -53,6 +54,28 @@ FINETUNE_COLUMNS: dict[str, pa.DataType] = {
     "bad_images": pa.int64(),
     "error": pa.string(),
 }
+DIAGNOSTICS_COLUMNS: dict[str, pa.DataType] = {
+    "stage_id": pa.string(),
+    "pretrain_id": pa.string(),
+    "images": pa.int64(),
+    "status": pa.string(),
+    "wall_s": pa.float64(),
+    "error": pa.string(),
+}
+DIAGNOSTIC_ROW_COLUMNS: dict[str, pa.DataType] = {
+    "cell_id": pa.string(),
+    "pretrain_id": pa.string(),
+    "diagnostics_id": pa.string(),
+    "method": pa.string(),
+    "model": pa.string(),
+    "layer": pa.int64(),
+    "head": pa.int64(),
+    "other": pa.int64(),
+    "metric": pa.string(),
+    "value": pa.float64(),
+}
+"""``diagnostics.parquet``, long format: per layer and head (``head`` −1: per layer;
+``other``: CKA's second layer), and the summary scalars with ``layer`` −1."""
 CELL_COLUMNS: dict[str, pa.DataType] = {
     "cell_id": pa.string(),
     "pretrain_id": pa.string(),
@@ -72,7 +95,11 @@ CURVE_COLUMNS: dict[str, pa.DataType] = {
 }
 STAGE_CURVE_COLUMNS = {"stage_id": pa.string(), **{k: v for k, v in CURVE_COLUMNS.items()}}
 STAGE_CURVE_COLUMNS.pop("cell_id")
-COLUMNS = {"pretrain": PRETRAIN_COLUMNS, "finetune": FINETUNE_COLUMNS}
+COLUMNS = {
+    "pretrain": PRETRAIN_COLUMNS,
+    "finetune": FINETUNE_COLUMNS,
+    "diagnostics": DIAGNOSTICS_COLUMNS,
+}
 
 
 def table_of(columns: dict[str, pa.DataType], rows: list[dict[str, Any]]) -> pa.Table:
