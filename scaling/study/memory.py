@@ -249,8 +249,9 @@ def check_memory(cells: Sequence[CellConfig], params_m: Callable[[str, int], flo
                 problems.append(
                     f"cell {cell.model} × {cell.data} × {cell.iterations} (seed {cell.seed}): "
                     f"needs {est.describe()}; lower the batch per rank (more workers or "
-                    f"{est.phase}.accum_steps), set pretrain.activation_checkpointing, or "
-                    f'resources.parallelism = "fsdp", or raise resources.gpu_memory_gb'
+                    f"{est.phase}.accum_steps), set activation_checkpointing in "
+                    f'[pretrain.models."{cell.model}"], or parallelism = "fsdp" in '
+                    f'[resources.models."{cell.model}"], or raise resources.gpu_memory_gb'
                 )
     return problems
 

@@ -68,3 +68,10 @@ def test_fsdp_cell_crashes_and_resumes_from_its_shards_exactly(
     shards = sorted(p.name for p in (tmp_path / "crash").rglob("*.distcp"))
     assert shards and {"__0_0.distcp", "__1_0.distcp"} <= set(shards)
     assert _curve(tmp_path / "crash") == _curve(tmp_path / "plain")
+    # the final encoder is one file of whole tensors, as from one rank
+    import torch
+
+    (result,) = (tmp_path / "crash").rglob("stages/pretrain/*/checkpoint.pt")
+    encoder = torch.load(result, weights_only=False)["state"]["encoder"]
+    assert type(encoder["patch_embed.proj.weight"]) is torch.Tensor
+    assert encoder["patch_embed.proj.weight"].shape == (32, 3, 4, 4)  # swinv2-nano, whole

@@ -90,7 +90,8 @@ def test_the_papers_giant_at_128_per_gpu_needs_checkpointing_or_more_ranks() -> 
     assert re.search(
         r"^cell swinv2-g × in1k-100pct × 125000 \(seed 0\): needs 9\d\.\d GiB per GPU of 80 "
         r"\(.* swinv2-g pretrain, 128 images per rank, ddp × 16, checkpointing none\); .*"
-        r'pretrain.activation_checkpointing.*resources.parallelism = "fsdp"',
+        r'activation_checkpointing in \[pretrain.models."swinv2-g"\], or parallelism = "fsdp" '
+        r'in \[resources.models."swinv2-g"\]',
         problems[0],
     ), problems[0]
     assert (
