@@ -121,6 +121,8 @@ class Finetune(PhaseRunner):
             world_size=self.ctx.world_size,
             auto_augment=f.auto_augment or None,
             re_prob=f.re_prob,
+            packed=data.packed or None,
+            shard_window=data.shard_window,
         )
         self.val_loader = loaders.val
         self.mixup = build_mixup(
@@ -168,15 +170,34 @@ class Finetune(PhaseRunner):
         self.top1, self.top5 = evaluate(model, self.val_loader, self.device, self.dtype)
         self.add(step, "val", "top1", self.top1, lr)
         self.add(step, "val", "top5", self.top5, lr)
+        self.val_step = step
 
     def on_log(self, step: int, loss: float, lr: float) -> None:
         self.ctx.progress(
-            phase="finetune", step=step, iterations=self.iterations, lr=lr, val_loss=self.val_loss
+            phase="finetune",
+            step=step,
+            iterations=self.iterations,
+            lr=lr,
+            val_loss=self.val_loss,
+            train_loss=loss,
+            finetune_top1=getattr(self, "top1", None),
+            finetune_top5=getattr(self, "top5", None),
+            val_step=getattr(self, "val_step", None),
+            **self.speed,
         )
 
     def finish(self, model: nn.Module, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
         self.evaluate(model, step, self.lr_of(step - 1))
-        return {"top1": self.top1, "top5": self.top5}, {}
+        self.ctx.progress(
+            phase="finetune",
+            step=step,
+            iterations=self.iterations,
+            finetune_top1=self.top1,
+            finetune_top5=self.top5,
+            val_step=step,
+        )
+        classifier = {k: v.cpu() for k, v in model.state_dict().items()}  # for export
+        return {"top1": self.top1, "top5": self.top5}, {"classifier": classifier}
 
 
 def run_finetune(

@@ -9,12 +9,17 @@ log window, curves so far), and at the end ``curves.parquet`` then ``result.parq
 checkpoints at their fork steps; a fine-tuning stage reads its encoder from its
 pre-training stage's result checkpoint. ``run_trial`` runs both stages of one cell
 (``mimscale trial``).
+
+Each stage's log goes to ``log.txt`` in its directory (:mod:`scaling.cell.stagelog`);
+rank 0 reports its curves and final metrics to the study's trackers
+(:mod:`scaling.cell.tracking`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +34,8 @@ from scaling.cell.context import (
 )
 from scaling.cell.finetune import run_finetune
 from scaling.cell.pretrain import run_pretrain
+from scaling.cell.stagelog import StageLog
+from scaling.cell.tracking import StageTracker, check_tracking
 from scaling.config.load import dump_toml
 from scaling.config.parse import to_dict
 from scaling.config.schema import CellConfig
@@ -60,18 +67,42 @@ def run_stage(
     pre-training keeps ``prefix.pt``; ``pretrain_id``: a fine-tuning stage's encoder.
     ``device``: the one a launcher assigned; :func:`pick_device` decides.
     """
-    ctx = TrialContext(
-        cell=cell,
-        store=store,
-        stage_id=stage_id,
-        stage_dir=stage_dir(kind, stage_id),
-        device=pick_device(device),
-        report=report,
-        rank=rank,
-        world_size=world_size,
-    )
+    check_tracking(cell.tracking)  # a missing tracker library: before any work
+    where = stage_dir(kind, stage_id)
+    with StageLog(store, where, rank=rank, upload_s=cell.tracking.log_upload_s):
+        tracker = _tracker(kind, stage_id, cell, store) if rank == 0 else None
+        ctx = TrialContext(
+            cell=cell,
+            store=store,
+            stage_id=stage_id,
+            stage_dir=where,
+            device=pick_device(device),
+            report=_chain(tracker, report),
+            rank=rank,
+            world_size=world_size,
+        )
+        ok = False
+        try:
+            row = _run(ctx, kind, forks, prefix_step, pretrain_id)
+            if tracker is not None:
+                tracker.final(row)
+            ok = True
+        finally:
+            if tracker is not None:
+                tracker.close(ok)
+    return row
+
+
+def _run(
+    ctx: TrialContext,
+    kind: str,
+    forks: Sequence[Sequence[Any]],
+    prefix_step: int,
+    pretrain_id: str | None,
+) -> dict[str, Any]:
+    store = ctx.store
     if ctx.is_main:
-        store.write_bytes(ctx.rel("stage.toml"), dump_toml(to_dict(cell)).encode())
+        store.write_bytes(ctx.rel("stage.toml"), dump_toml(to_dict(ctx.cell)).encode())
     if kind == "pretrain":
         row, points = _pretrain(ctx, forks, prefix_step)
     else:
@@ -79,8 +110,33 @@ def run_stage(
     if ctx.is_main:
         store.write_stage_result(kind, row, points)
         ctx.progress(phase="done", step=row.get("iterations"), **_progress_of(row))
-    log.info("%s stage %s done in %.0f s", kind, stage_id, row["wall_s"])
+    log.info("%s stage %s done in %.0f s", kind, ctx.stage_id, row["wall_s"])
     return row
+
+
+def _tracker(kind: str, stage_id: str, cell: CellConfig, store: CellStore) -> StageTracker | None:
+    """The stage's trackers (rank 0), writing under ``tracking/`` of the store."""
+    if not cell.tracking.enabled:
+        return None
+    local = getattr(store, "local_path", lambda rel: None)("tracking")
+
+    def upload(root: Path) -> None:  # an object-store output: the files, once, at the end
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            store.write_bytes(f"tracking/{path.relative_to(root).as_posix()}", path.read_bytes())
+
+    return StageTracker(cell.tracking, kind, stage_id, cell, local_root=local, upload=upload)
+
+
+def _chain(tracker: StageTracker | None, report: Reporter | None) -> Reporter | None:
+    """One reporter that hands progress to the tracker, then to the caller's."""
+    if tracker is None or report is None:
+        return tracker or report
+
+    def both(fields: dict[str, Any]) -> None:
+        tracker(fields)
+        report(fields)
+
+    return both
 
 
 def _progress_of(row: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from scaling.cell.context import (
     maybe_inject_nan,
     seed_checkpoint,
 )
+from scaling.cell.tracking import Throughput
 from scaling.config.rules import micro_batch
 from scaling.errors import UserError
 from scaling.train.checkpoint import set_rng_state, unwrap
@@ -72,6 +73,8 @@ class PhaseRunner:
         self.points: list[Point] = []
         self.bad_images = 0
         self.model: nn.Module | None = None
+        self.speed: dict[str, float] = {}
+        """images/s, time to the last step, Unix time: at the latest log (for on_log)."""
 
     # -- what a phase states ----------------------------------------------------------------
     iterations: int
@@ -134,6 +137,7 @@ class PhaseRunner:
         self.bad_images = (ckpt or {}).get("bad_images", 0)
         loader = self.train_batches(micro, step * self.accum_steps)
         self.loader = loader
+        self.throughput = Throughput(self.batch_size, step, self.iterations)
         try:
             step = self._loop(model, optimizer, scaler).run(
                 model,
@@ -251,6 +255,7 @@ class PhaseRunner:
     def _loop(self, model: nn.Module, optimizer: Any, scaler: Any) -> Phase:
         def log(step: int, loss: float, lr: float) -> None:
             self.add(step, "train", "loss", loss, lr)
+            self.speed = self.throughput.tick(step)
             self.on_log(step, loss, lr)
 
         def resumable(step: int, window: list[float]) -> None:

@@ -24,16 +24,21 @@ from torch import nn
 NO_DECAY_NAMES = frozenset(
     {"mask_token", "logit_scale", "cpb_mlp", "pos_embed", "absolute_pos_embed", "cls_token"}
 )
+RELEASED_NO_DECAY_NAMES = frozenset({"mask_token", "pos_embed", "absolute_pos_embed", "cls_token"})
+"""What the released code's matching actually exempts besides 1-D tensors: the exact names
+(mask token, position embeddings, class token), not the keyword ones (cpb MLP, logit scale)."""
+NO_DECAY_SETS = {"corrected": NO_DECAY_NAMES, "released": RELEASED_NO_DECAY_NAMES}
 
 
-def is_no_decay(name: str, param: torch.Tensor) -> bool:
-    """Biases, norm weights and other 1-D tensors, plus the ``NO_DECAY_NAMES`` parameters."""
-    return param.ndim <= 1 or not NO_DECAY_NAMES.isdisjoint(name.split("."))
+def is_no_decay(name: str, param: torch.Tensor, names: frozenset[str] = NO_DECAY_NAMES) -> bool:
+    """Biases, norm weights and other 1-D tensors, plus the parameters named in ``names``."""
+    return param.ndim <= 1 or not names.isdisjoint(name.split("."))
 
 
-def no_decay_names(model: nn.Module) -> set[str]:
+def no_decay_names(model: nn.Module, decay_set: str = "corrected") -> set[str]:
     """Names of the trainable parameters that pre-training does not decay."""
-    return {n for n, p in model.named_parameters() if p.requires_grad and is_no_decay(n, p)}
+    names = NO_DECAY_SETS[decay_set]
+    return {n for n, p in model.named_parameters() if p.requires_grad and is_no_decay(n, p, names)}
 
 
 def _use_fused(params: Iterable[torch.Tensor], fused: bool | None) -> bool:
@@ -49,12 +54,15 @@ def build_pretrain_optimizer(
     weight_decay: float = 0.05,
     betas: tuple[float, float] = (0.9, 0.999),
     fused: bool | None = None,
+    decay_set: str = "corrected",
 ) -> torch.optim.AdamW:
-    """AdamW with two groups, ``decay`` and ``no_decay``; fused kernels on CUDA by default."""
+    """AdamW with two groups, ``decay`` and ``no_decay``; fused kernels on CUDA by default.
+    ``decay_set``: ``corrected`` or ``released`` (see :data:`RELEASED_NO_DECAY_NAMES`)."""
+    names = NO_DECAY_SETS[decay_set]
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if is_no_decay(name, param) else decay).append(param)
+            (no_decay if is_no_decay(name, param, names) else decay).append(param)
     groups = [
         {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0, "group_name": "decay"},
         {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0, "group_name": "no_decay"},

@@ -252,3 +252,30 @@ def test_accumulation_amp_and_clipping_together(dtype: torch.dtype) -> None:
         assert 0.01 < norm < 10, "grad norm must be measured on unscaled gradients"
     assert results[2][0] == pytest.approx(results[1][0], abs=2e-3)
     assert results[2][1] == pytest.approx(results[1][1], rel=0.1)
+
+
+def test_a_cell_reads_packed_data(tiny_cell, demo_dir: Path, tmp_path: Path) -> None:
+    """data.packed: both stages read the images from the pack's shards (its own epoch order,
+    so another stage id), with the same images and counts as from the files."""
+    from scaling.cli import main
+
+    manifests = demo_dir / "manifests"
+    names = ["demo-100pct", "demo-25pct", "demo-val"]
+    pack = tmp_path / "pack"
+    argv = ["subsets", "pack", *(str(manifests / f"{n}.parquet") for n in names)]
+    assert main([*argv, "--root", str(demo_dir), "--out", str(pack), "--shard-size", "2M"]) == 0
+    files = tiny_cell(iterations=4)
+    packed = dataclasses.replace(
+        files, data_config=dataclasses.replace(files.data_config, packed=str(pack))
+    )
+    row, store, _ = _run(packed, tmp_path, "packed")
+    plain, _, _ = _run(files, tmp_path, "files")
+    assert row["status"] == "complete" and row["pretrain_id"] != plain["pretrain_id"]
+    assert row["n_train_images"] == plain["n_train_images"] and row["bad_images"] == 0
+    for key in ("train_loss", "val_loss", "finetune_top1"):
+        assert math.isfinite(row[key]), key
+    # the validation curve at its interval and the end, read through the pack too
+    assert _curves(store, row).query("split == 'val' and phase == 'pretrain'").step.tolist() == [
+        3,
+        4,
+    ]

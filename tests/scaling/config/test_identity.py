@@ -72,3 +72,29 @@ def test_stage_ids_are_pinned(study) -> None:
         ids = (pretrain_id(cell, digests), finetune_id(cell, digests))
         got.append((cell.model, cell.iterations, cell.seed, *ids))
     assert got == RECORDED
+
+
+def test_reading_and_later_fields_enter_ids_only_when_used(study) -> None:
+    """Packed data (its shard-aware order, not where the pack lives), the decode mode and
+    the decay set change a stage's id; at their defaults they leave the pinned ids alone."""
+    import dataclasses
+
+    cell = study.cells()[0]
+    digests = {n: "0" * 32 for n in cell.subsets()}
+
+    def ids(c) -> tuple[str, str]:
+        return pretrain_id(c, digests), finetune_id(c, digests)
+
+    def with_data(**kw):
+        return dataclasses.replace(cell, data_config=dataclasses.replace(cell.data_config, **kw))
+
+    base = ids(cell)
+    here, there = with_data(packed="/packs/demo"), with_data(packed="s3://bucket/packs/demo")
+    assert ids(here) == ids(there) != base
+    assert ids(with_data(packed="/packs/demo", shard_window=8)) != ids(here)
+    assert ids(with_data(shard_window=8)) == base  # no pack: the window is unused
+    for field, value in (("decode", "exact"), ("weight_decay_set", "released")):
+        changed = dataclasses.replace(
+            cell, pretrain=dataclasses.replace(cell.pretrain, **{field: value})
+        )
+        assert ids(changed)[0] != base[0], field

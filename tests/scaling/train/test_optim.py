@@ -56,6 +56,26 @@ def test_swinv2_names_a_1d_rule_alone_would_decay() -> None:
     assert "mask_token" in multi_d
 
 
+def test_the_released_decay_set_decays_what_the_released_code_decays() -> None:
+    """``weight_decay_set = "released"``: the released SimMIM code matches "encoder.cpb_mlp"
+    and "encoder.logit_scale" as substrings of the full names, which never match, so it
+    decays the cpb MLP's weight matrices and the (heads, 1, 1) logit scales; it still exempts
+    1-D tensors and the exact names (mask token, position embeddings)."""
+    model = build_simmim("swinv2-nano", img_size=64)
+    corrected, released = no_decay_names(model), no_decay_names(model, "released")
+    moved = corrected - released
+    assert moved and released < corrected
+    assert all(n.endswith("logit_scale") or ".cpb_mlp." in n for n in moved), moved
+    shapes = {n: p.ndim for n, p in model.named_parameters()}
+    assert all(shapes[n] > 1 for n in moved)  # what a 1-D rule alone would decay
+    assert "mask_token" in released
+    optimizer = build_pretrain_optimizer(model, lr=1e-4, decay_set="released")
+    ids = {id(p): n for n, p in model.named_parameters()}
+    assert {ids[id(p)] for p in optimizer.param_groups[1]["params"]} == released
+    vit = build_simmim("vit-nano", img_size=64)
+    assert no_decay_names(vit, "released") == no_decay_names(vit)  # no cpb MLP in a ViT
+
+
 def _lr_scales(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, float]:
     names = {id(p): n for n, p in model.named_parameters()}
     return {names[id(p)]: g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
