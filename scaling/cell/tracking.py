@@ -71,6 +71,31 @@ def check_tracking(cfg: TrackingConfig) -> None:
             )
 
 
+def prepare_tracking(cfg: TrackingConfig) -> None:
+    """Before a grid starts: check the libraries, and create the MLflow experiment (and a
+    local store's database) once, so parallel stages do not race to set it up."""
+    check_tracking(cfg)
+    if cfg.mlflow is not None:
+        _experiment(cfg.mlflow, cfg.project)
+
+
+def _experiment(uri: str, project: str) -> tuple[Any, str]:
+    """(an MlflowClient for ``uri``, the id of experiment ``project``, created if missing)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(project)
+    if exp is not None:
+        return client, exp.experiment_id
+    try:
+        return client, client.create_experiment(project)
+    except MlflowException:  # another stage created it meanwhile
+        return client, client.get_experiment_by_name(project).experiment_id
+
+
 class Throughput:
     """Images/s over the last log interval and the time left at the rate since the start."""
 
@@ -138,18 +163,8 @@ class _TensorBoard:
 class _MLflow:
     def __init__(self, uri: str, project: str, name: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
 
-        self.client = client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(project)
-        if exp is None:
-            try:
-                exp_id = client.create_experiment(project)
-            except MlflowException:  # another stage created it meanwhile
-                exp_id = client.get_experiment_by_name(project).experiment_id
-        else:
-            exp_id = exp.experiment_id
+        self.client, exp_id = client, exp_id = _experiment(uri, project)
         stage_id = params["stage_id"]
         found = client.search_runs([exp_id], filter_string=f"tags.mimscale_stage = '{stage_id}'")
         if found:  # a retried stage continues its run
@@ -189,9 +204,13 @@ class _Wandb:
             reinit="create_new",
             settings=wandb.Settings(console="off", silent=True),
         )
+        # validation values arrive after later train steps: "step" is their x-axis, not
+        # W&B's own step counter (which only grows)
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
 
     def log(self, metrics: Metrics, step: int) -> None:
-        self.run.log(dict(metrics), step=step)
+        self.run.log({**metrics, "step": step})
 
     def close(self, ok: bool) -> None:
         self.run.finish(exit_code=0 if ok else 1)
@@ -212,7 +231,7 @@ class StageTracker:
     ) -> None:
         check_tracking(cfg)
         self.step = 0
-        self._val_step = -1
+        self._val_step = self._train_step = -1
         self._upload = upload if local_root is None else None
         self.root = Path(local_root or tempfile.mkdtemp(prefix="mimscale-tracking-"))
         name, params = _run_name(cfg, kind, stage_id, cell), _params(kind, stage_id, cell)
@@ -229,14 +248,10 @@ class StageTracker:
         step = fields.get("step")
         if step is None or fields.get("phase") == "done":
             return
-        metrics = {
-            name: fields[key]
-            for key, name in (("train_loss", "train/loss"), ("lr", "lr"))
-            if _finite(fields.get(key))
-        }
-        if _finite(fields.get("images_per_s")):
-            metrics["images_per_s"] = fields["images_per_s"]
-        self._log(metrics, int(step))
+        if step > self._train_step:  # the end of a phase repeats its last log
+            self._train_step = int(step)
+            names = {"train_loss": "train/loss", "lr": "lr", "images_per_s": "images_per_s"}
+            self._log({n: fields[k] for k, n in names.items() if _finite(fields.get(k))}, step)
         val_step = fields.get("val_step")
         if val_step is not None and val_step != self._val_step:
             self._val_step = int(val_step)
