@@ -5,7 +5,7 @@ is written (issue 15 item 4). No ray import here: ``grid.connect`` does the join
 
 * none, or ``local``: a private local instance (nothing to reach);
 * ``auto``: the cluster a ``ray start`` on this machine recorded (Ray's own lookup);
-* ``ray://host:port``: Ray Client, which needs the ``ray[client]`` extra;
+* ``ray://host:port``: Ray Client (the ``ray[client]`` extra), probed like the next;
 * ``host:port``: the cluster's GCS, which must accept a TCP connection first — a refused
   connection fails at once, silence fails after ``timeout_s`` (Ray itself would keep
   retrying for many minutes).
@@ -48,10 +48,7 @@ def probe(address: str, origin: str, timeout_s: float = CONNECT_TIMEOUT_S) -> No
     """Refuse an address whose cluster cannot be reached, saying what was tried."""
     if address == "auto":
         return  # Ray's lookup answers at once either way; grid.connect words its error
-    if address.startswith("ray://"):
-        _host_port(address, origin)
-        return
-    host, port = _host_port(address, origin)
+    host, port = _host_port(address, origin)  # ray://: the Ray Client server's port
     deadline = time.monotonic() + timeout_s
     while True:
         left = deadline - time.monotonic()
@@ -64,7 +61,9 @@ def probe(address: str, origin: str, timeout_s: float = CONNECT_TIMEOUT_S) -> No
             why = f"unknown host ({err.strerror})"
         except OSError as err:
             why = err.strerror or type(err).__name__
-            if deadline - time.monotonic() > 1:  # no answer yet (a firewall drops, a node boots): try again
+            if (
+                deadline - time.monotonic() > 1
+            ):  # no answer yet (a firewall drops, a node boots): try again
                 time.sleep(1)
                 continue
         raise ClusterError(

@@ -33,6 +33,7 @@ from scaling.config.parse import ConfigError, from_dict
 from scaling.config.schema import CellConfig
 from scaling.errors import UserError
 from scaling.study.cluster import CONNECT_TIMEOUT_S, join_error, probe, requested_address
+from scaling.study.interrupt import raise_pending
 from scaling.study.reaper import Reaper
 from scaling.study.store import ResultStore
 
@@ -327,7 +328,7 @@ class _StageSearcher(Searcher):
 
     def _ready(self, job: dict[str, Any]) -> bool | str | None:
         """True: run it; a message: its upstream failed; None: wait."""
-        if job["kind"] == "finetune":
+        if job["kind"] in ("finetune", "diagnostics"):  # once its encoder is complete
             ended = self._ended(job["pretrain_id"])
             if ended == "complete":
                 return True
@@ -544,7 +545,9 @@ def run_grid(
             result.max_concurrent,
             address or os.environ.get("RAY_ADDRESS") or "a local Ray instance",
         )
-        _collect(tuner.fit(), by_id, store, result)
+        grid = tuner.fit()
+        raise_pending()  # a signal stopped Tune: the stages in flight are not failures
+        _collect(grid, by_id, store, result)
         result.failed |= searcher.failed
         result.retries = dict(progress.retries)
     finally:

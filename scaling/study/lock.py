@@ -126,6 +126,22 @@ class StudyLock:
         self.release()
 
 
+def _locked(store: Any, holder: str, waited: float | None) -> StudyLocked:
+    after = "; run with --wait to wait for it" if waited is None else f"; waited {waited:g} s"
+    return StudyLocked(
+        f"{store.uri}: the study is locked by another run: {holder}{after} (a lock whose "
+        "holder stopped is taken over once its heartbeat is older than its lease, at once "
+        "on the holder's host)"
+    )
+
+
+def check_free(store: Any) -> None:
+    """Refuse at once (StudyLocked) while a live run holds the lock; writes nothing."""
+    lease, now = read_lease(store), time.time()
+    if lease is not None and stale_reason(lease, now) is None:
+        raise _locked(store, _holder_text(lease, now), None)
+
+
 def read_lease(store: Any) -> dict[str, Any] | None:
     """The lease in ``store`` (None: no lock; a garbage one reads as a stale lease)."""
     data = store.read_bytes(LOCK_NAME)
@@ -203,13 +219,7 @@ def acquire(
             log.info("%s: study lock taken (pid %d)", store.uri, os.getpid())
             return got
         if not wait or (deadline is not None and time.monotonic() >= deadline):
-            waited = f"; waited {timeout:g} s" if wait else ""
-            hint = "" if wait else "; run with --wait to wait for it"
-            raise StudyLocked(
-                f"{store.uri}: the study is locked by another run: {got}{waited}{hint} (a lock "
-                "whose holder stopped is taken over once its heartbeat is older than its lease, "
-                "at once on the holder's host)"
-            )
+            raise _locked(store, got, timeout if wait else None)
         log.info("%s: waiting for the study lock held by %s", store.uri, got)
         pause = poll_s if deadline is None else min(poll_s, max(deadline - time.monotonic(), 0))
         time.sleep(pause)

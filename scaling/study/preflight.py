@@ -88,12 +88,23 @@ def _subset_keys(study: StudyConfig) -> dict[str, str]:
     return keys
 
 
+def verify_rows(study: StudyConfig, subsets: dict[str, SubsetInfo]) -> dict[str, SubsetInfo]:
+    """Every row of every manifest checked against the digest its footer records (which
+    keys the stages): a manifest whose rows changed after it was built is refused, naming
+    the file (SubsetError, exit 2), before anything is written."""
+    from subsets.manifest import manifest_digest
+
+    for name in subsets:
+        manifest_digest(study.data.manifest(name))
+    return subsets
+
+
 def check_manifests(study: StudyConfig) -> dict[str, SubsetInfo]:
     """Every manifest the study reads; a missing one is a located error listing all missing."""
     subsets = study_subsets(study)
     missing = [name for name, info in subsets.items() if info.digest is None]
     if not missing:
-        return subsets
+        return verify_rows(study, subsets)
     present = (
         sorted(p.stem for p in Path(study.data.manifest_dir).glob("*.parquet"))
         if Path(study.data.manifest_dir).is_dir()

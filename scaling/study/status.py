@@ -7,7 +7,8 @@ few seconds while the grid runs. Everything comes from the stages' files
 store sees the same table. Pre-training stages show their role: ``trunk`` (the longest
 length of its group, seeding the others), ``branch`` (a shorter length that starts at its
 fork step from the trunk's checkpoint; ``waiting`` until that checkpoint exists) or
-``run`` (on its own); fine-tunes wait for their encoder.
+``run`` (on its own); fine-tunes and diagnostics (kind ``diagnostics``, role ``diagnose``)
+wait for their encoder.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from typing import Any
 from scaling.study.stages import Stage, StageGraph
 from scaling.study.store import ResultStore
 
-STATES = ("done", "running", "waiting", "stopped", "failed", "pending")
+STATES = ("done", "running", "waiting", "interrupted", "stopped", "failed", "pending")
 """done: result complete; running: in flight now; waiting: its input (fork checkpoint,
-encoder) is not there yet; stopped: has progress but no live run (it resumes from its
-checkpoint next time); failed: its last attempt raised; pending: not started."""
+encoder) is not there yet; interrupted: a signal (Ctrl-C, SIGTERM) stopped the run while
+it was in flight (it resumes from its checkpoint next time); stopped: has progress but no
+live run (the driver died; it resumes too); failed: its last attempt raised; pending: not
+started."""
+
+INTERRUPTED = "interrupted"
 
 FRESH_S = 120.0
 """Without a scheduler to ask, a stage whose progress is newer than this counts as running."""
@@ -61,8 +66,8 @@ def _progress_age_s(store: ResultStore, rel: str) -> float | None:
 
 def _waiting(store: ResultStore, stage: Stage, graph: StageGraph) -> bool:
     """Its input is missing: a branch without its fork checkpoint (trunk still before the
-    fork), a fine-tune whose pre-training is not complete."""
-    if stage.kind == "finetune":
+    fork), a fine-tune or diagnostics whose pre-training is not complete."""
+    if stage.kind in ("finetune", "diagnostics"):
         return not store.stage_complete("pretrain", stage.pretrain_id or "")
     if stage.trunk_id:
         trunk_row = store.stage_row("pretrain", stage.trunk_id)
@@ -102,8 +107,8 @@ def stage_status(
         running = age is not None and age < FRESH_S and row is None
     if running:
         state = "running"
-    elif row is not None and row.get("status") == "failed":
-        state = "failed"
+    elif row is not None and row.get("status") in ("failed", INTERRUPTED):
+        state = row["status"]
     elif progress:
         state = "stopped"
     elif _waiting(store, stage, graph):
@@ -132,9 +137,30 @@ def study_status(
     ]
 
 
+def mark_interrupted(store: ResultStore, run: Any) -> list[str]:
+    """After a signal stopped the run (and Ray with it): each stage it was to run that
+    started but did not finish gets a result row with status ``interrupted`` (not failed:
+    the next ``mimscale run`` resumes it from its checkpoint). Returns their ids."""
+    from scaling.study.tables import COLUMNS, table_of
+
+    marked = []
+    for stage_id in run.todo:
+        stage = run.graph.get(stage_id)
+        if store.stage_row(stage.kind, stage_id) is not None:
+            continue  # complete, or failed on its own
+        started = [f"{stage.dir}/{n}" for n in ("progress.json", "checkpoint.pt", "finetune.pt")]
+        if not any(store.exists(rel) for rel in started):
+            continue  # never started: pending
+        fields = stage.cell.row_fields() if stage.kind == "pretrain" else {}
+        row = {**fields, "stage_id": stage_id, "status": INTERRUPTED, "error": None}
+        store.write_table(f"{stage.dir}/result.parquet", table_of(COLUMNS[stage.kind], [row]))
+        marked.append(stage_id)
+    return marked
+
+
 def summary(rows: Sequence[StageStatus]) -> str:
     parts = []
-    for kind in ("pretrain", "finetune"):
+    for kind in ("pretrain", "finetune", "diagnostics"):
         mine = [r for r in rows if r.kind == kind]
         if mine:
             counts = Counter(r.state for r in mine)
@@ -157,8 +183,8 @@ def format_status(rows: Sequence[StageStatus], *, compact_over: int = 0) -> str:
     if 0 < compact_over < len(rows):
         shown = [r for r in rows if r.state not in ("done", "pending")]
     head = (
-        f"{'stage':<16}  {'kind':<8} {'role':<8} {'model':<12} {'data':<14} {'iterations':>10} "
-        f"{'state':<8} {'step':>8} {'train_loss':>10} {'val_loss':>9} {'top1':>6}  from"
+        f"{'stage':<16}  {'kind':<11} {'role':<8} {'model':<12} {'data':<14} {'iterations':>10} "
+        f"{'state':<11} {'step':>8} {'train_loss':>10} {'val_loss':>9} {'top1':>6}  from"
     )
     lines = [head, "-" * len(head)]
     for r in shown:
@@ -166,8 +192,8 @@ def format_status(rows: Sequence[StageStatus], *, compact_over: int = 0) -> str:
         if r.upstream:
             upstream = r.upstream + (f"@{r.fork_step}" if r.fork_step else "")
         lines.append(
-            f"{r.stage_id:<16}  {r.kind:<8} {r.role:<8} {r.model:<12} {r.data:<14} "
-            f"{r.iterations:>10} {r.state:<8} {_num(r.step, 'd'):>8} "
+            f"{r.stage_id:<16}  {r.kind:<11} {r.role:<8} {r.model:<12} {r.data:<14} "
+            f"{r.iterations:>10} {r.state:<11} {_num(r.step, 'd'):>8} "
             f"{_num(r.train_loss, '.4f'):>10} {_num(r.val_loss, '.4f'):>9} "
             f"{_num(r.finetune_top1, '.2f'):>6}  {upstream}"
         )

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from scaling.config.schema import StudyConfig
@@ -98,6 +98,23 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
         help="seconds between progress tables (default 10)",
     )
     p.add_argument("--no-report", action="store_true", help="skip the analysis report")
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to reach a cluster given by --address / RAY_ADDRESS (default 60)",
+    )
+    p.add_argument(
+        "--wait",
+        nargs="?",
+        type=float,
+        const=-1.0,
+        default=None,
+        metavar="S",
+        help="if another run holds the study's lock, wait for it (at most S seconds) "
+        "instead of refusing",
+    )
     p.set_defaults(func=run_command)
 
 
@@ -137,7 +154,7 @@ def status_command(args: argparse.Namespace) -> int:
     cells = study.cells()
     pairs = [(c, d) for c in cells if (d := cell_digests(c, subsets)) is not None]
     graph = build_graph(pairs, share_prefix=study.grid.share_prefix)
-    rows = study_status(ResultStore(study.output_dir), graph)
+    rows = study_status(ResultStore(study.output_dir, set_aside=False), graph)
     if args.json:
         report = {
             "study": study.name,
@@ -159,14 +176,91 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from scaling.study.preflight import prepare_run, write_study_record
-    from scaling.study.status import format_status, study_status, summary
+    """Check everything (study, output, manifests, cluster, lock), then run; see README
+    "When things go wrong" for the exit codes."""
+    from scaling.errors import UsageError
+    from scaling.study.interrupt import Interrupted, interruptible
+    from scaling.study.preflight import prepare_run
     from scaling.study.store import ResultStore
-    from scaling.study.tables import write_tables
 
+    if args.connect_timeout <= 0 or (args.wait is not None and args.wait < 0 and args.wait != -1):
+        raise UsageError("--connect-timeout must be > 0 and --wait S at least 0")
     study = _load(args)
     store = ResultStore(study.output_dir)
+    store.check_writable()
     run = prepare_run(study, store)  # every check before the first write
+    _refuse_if_locked(args, store)  # before Ray starts: a refusal costs nothing
+    try:
+        with interruptible():
+            return _run_locked(args, study, store, run)
+    except Interrupted as stop:
+        return _interrupted(args, study, store, run, stop)
+
+
+def _refuse_if_locked(args: argparse.Namespace, store: ResultStore) -> None:
+    from scaling.study.lock import check_free
+
+    if args.wait is None:
+        check_free(store)
+
+
+def _run_locked(
+    args: argparse.Namespace, study: StudyConfig, store: ResultStore, run: RunSet
+) -> int:
+    """Connect (bounded), check resources, take the lock, write, run, summarize."""
+    from scaling.study.lock import acquire
+
+    started = _connect(args, study, run) if run.todo else False
+    try:
+        wait = args.wait is not None
+        timeout = None if args.wait in (None, -1.0) else args.wait
+        with acquire(store, wait=wait, timeout=timeout, command=" ".join(sys.argv)):
+            return _run_study(args, study, store, run)
+    finally:
+        if started:
+            from scaling.study.grid import disconnect
+
+            disconnect(started)
+
+
+def _connect(args: argparse.Namespace, study: StudyConfig, run: RunSet) -> bool:
+    """Join or start Ray before anything is written; refuse cells the cluster cannot hold."""
+    from scaling.config.parse import ConfigError
+
+    _local_ray_auth(args.address)
+    from scaling.study.grid import cluster_concurrency, connect, disconnect
+
+    started = connect(
+        args.address,
+        verbose=bool(getattr(args, "verbose", False)),
+        timeout_s=args.connect_timeout,
+    )
+    cells = [run.graph.get(i).cell for i in run.todo]
+    try:
+        cluster_concurrency(cells, study.resources.max_concurrent)
+    except ConfigError as err:
+        disconnect(started)
+        raise _located_setting(args, study, err.key, err.message) from None
+    return started
+
+
+def _located_setting(args: argparse.Namespace, study: StudyConfig, key: str, message: str):
+    """A ConfigError at the key's line of the study file, or ``(--set)`` when set there."""
+    from scaling.config.parse import ConfigError
+    from scaling.study.preflight import located
+
+    if any(o.split("=", 1)[0].strip() == key for o in args.overrides):
+        return ConfigError(key, message, source=f"{study.source} (--set)")
+    return located(study, key, message)
+
+
+def _run_study(
+    args: argparse.Namespace, study: StudyConfig, store: ResultStore, run: RunSet
+) -> int:
+    from scaling.study.preflight import write_study_record
+    from scaling.study.status import format_status, study_status, summary
+    from scaling.study.tables import write_tables
+
     g = run.graph
     print(
         f"study {study.name}: {len(g.cells)} cells = {len(g.pretrain)} pre-training + "
@@ -187,6 +281,45 @@ def run_command(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _interrupted(
+    args: argparse.Namespace, study: StudyConfig, store: ResultStore, run: RunSet, stop: Any
+) -> int:
+    """After a signal: stages in flight marked ``interrupted``, the tables, how to resume."""
+    from scaling.study.status import mark_interrupted
+
+    marked = mark_interrupted(store, run)
+    try:
+        from scaling.study.tables import write_tables
+
+        write_tables(store, run.graph)
+    except Exception as err:  # the marks stand; the tables are rebuilt by the next run
+        log.warning("could not rebuild the tables: %s", err)
+    again = " ".join(_quote(a) for a in _rerun_argv(args))
+    print(
+        f"interrupted ({stop.name}): {len(marked)} stages stopped in flight "
+        f"({', '.join(marked) or 'none'}); complete stages are kept.\n"
+        f"resume with: {again}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return stop.exit_code
+
+
+def _rerun_argv(args: argparse.Namespace) -> list[str]:
+    argv = ["mimscale", "run", str(args.study)]
+    for override in args.overrides:
+        argv += ["--set", override]
+    if args.address:
+        argv += ["--address", args.address]
+    return argv
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
 def _job_order(run: RunSet) -> list[dict]:
     """Stages to run: pre-training by FLOPs, longest first (no long stage starts last and
     leaves the others idle), branches after their trunks, then fine-tuning."""
@@ -195,7 +328,7 @@ def _job_order(run: RunSet) -> list[dict]:
     todo = [run.graph.get(i) for i in run.todo]
 
     def rank(stage: Stage) -> tuple[int, float]:
-        if stage.kind == "finetune":
+        if stage.kind != "pretrain":  # fine-tuning, diagnostics
             return 2, 0.0
         return (1 if stage.trunk_id else 0), -pretrain_flops(stage.cell)
 
