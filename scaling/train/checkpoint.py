@@ -51,7 +51,8 @@ def checkpoint_bytes(state: dict[str, Any]) -> bytes:
 
 def read_checkpoint(data: bytes, name: str) -> dict[str, Any]:
     """A checkpoint blob back as a dict (on the CPU); ``name`` is for the log."""
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    # tensors, numbers, strings, lists and dicts only: loads without unpickling code
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     log.info("resuming from %s at step %d", name, state.get("step", -1))
     return state
 
