@@ -125,3 +125,43 @@ def test_a_missing_checkpoint_file_names_its_path(tmp_path: Path) -> None:
     missing = pytest.raises(FileNotFoundError, match=r"ckpt/.metadata: no such checkpoint file")
     with missing, fs.create_stream("ckpt/.metadata", "rb"):
         pass
+
+
+@pytest.fixture
+def s3_store(monkeypatch: pytest.MonkeyPatch):
+    """A results store in an empty bucket on a local S3 server (moto)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3").create_bucket(Bucket="shards")
+    yield ResultStore("s3://shards/study")
+    server.stop()
+
+
+@pytest.mark.slow
+def test_shards_in_object_storage_asynchronously(s3_store: ResultStore) -> None:
+    import boto3
+
+    model, optimizer = _setup("", 0)
+    _step(model, optimizer, 0, 0)
+    pending = save_shards(s3_store, "stages/x/ckpt", model, optimizer, rank=0, asynchronous=True)
+    pending.wait()
+    keys = boto3.client("s3").list_objects_v2(Bucket="shards")["Contents"]
+    assert sorted(k["Key"] for k in keys if not k["Key"].endswith("/")) == [
+        "study/stages/x/ckpt/.metadata",
+        "study/stages/x/ckpt/__0_0.distcp",
+    ]
+    expected = _step(model, optimizer, 1, 0)
+    model, optimizer = _setup("", 0)
+    assert load_shards(s3_store, "stages/x/ckpt", model, optimizer, rank=0, world_size=1)
+    assert _step(model, optimizer, 1, 0) == expected  # weights, AdamW and RNG: exact
