@@ -5,7 +5,11 @@ A cell never imports the study room: it writes through any object with the
 in practice), under ``cells/<cell_id>/``. Also here: the cell's one error type,
 the device choice, and the fault injection the reliability tests use
 (``MIMSCALE_FAIL_AT="[finetune@]<step>:<marker>"`` raises once at that step of
-pre-training, or of fine-tuning; the marker file records that it did).
+pre-training, or of fine-tuning; the marker file records that it did;
+``MIMSCALE_NAN_AT="<rank>:<n>"`` makes one rank's loss NaN from its n-th training
+forward). A phase of several ranks checkpoints its model and optimizer as DCP shards
+(:class:`Shards`, :mod:`scaling.train.shards`); the final encoder is gathered into one
+file.
 """
 
 from __future__ import annotations
