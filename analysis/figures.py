@@ -13,6 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analysis import style
+from analysis.figures_diagnostics import per_layer
 from analysis.figures_heatmap import heatmap
 from analysis.figures_overfit import overfitting_curves
 from analysis.figures_scaling import scaling_vs_data, scaling_vs_model_size
@@ -26,7 +27,7 @@ def build_figures(
     """All figures, keyed by name, in report order; ``published`` cells are overlaid."""
     cells = results.cells
     ref = published.cells if published is not None else None
-    return {
+    figs = {
         "val_loss_vs_top1": val_loss_vs_top1(cells, fits, ref),
         "overfitting_curves": overfitting_curves(cells, results.curves, fits),
         "scaling_vs_data": scaling_vs_data(cells, fits, ref),
@@ -34,6 +35,9 @@ def build_figures(
         "top1_heatmap": heatmap(cells, fits, "finetune_top1"),
         "val_loss_heatmap": heatmap(cells, fits, "val_loss"),
     }
+    if results.diagnostics is not None and not results.diagnostics.empty:
+        figs["diagnostics_per_layer"] = per_layer(results.diagnostics, cells)
+    return figs
 
 
 LENGTH_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "pentagon", "hexagon", "star")

@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from analysis import style
+from analysis.figures_diagnostics import methods_tables
 from analysis.html_fits import power_law_table as _power_law_table
 from analysis.html_fits import reference_table
 from analysis.html_fits import table as _table
@@ -49,6 +50,7 @@ def render_report(results: Results, fits: dict[str, Any], figures: dict[str, go.
             _split_table(fits),
             _linear_table(fits),
             _ranking_table(fits),
+            methods_tables(fits),
             reference_table(fits),
         ],
         "overfitting_curves": [_overfit_table(fits)],

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 MEASURED = ("val_loss", "finetune_top1", "train_loss", "finetune_top5")
 AVERAGED = (*MEASURED, "epochs_seen", "pretrain_flops", "gpu_hours", "wall_s")
 # recipe columns that tell two runs of one (model, data, length) apart when present
-RECIPE = ("batch_size", "mask_ratio")
+RECIPE = ("batch_size", "mask_ratio", "method")
 
 
 def cell_key(cells: pd.DataFrame) -> list[str]:
@@ -93,6 +93,8 @@ def aggregate_replicates(
         n = len(group)
         if n > 1:
             row["cell_id"] = f"{row['model']}/{row['data']}/{group_key(row['iterations'])}"
+            if "method" in group and pd.notna(row["method"]):
+                row["cell_id"] += f"/{row['method']}"
             row[WHERE] = group[WHERE].iloc[0] if WHERE in group else None
         for col in AVERAGED:
             if col in group:

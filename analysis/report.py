@@ -33,6 +33,7 @@ from analysis.fits import (
 )
 from analysis.intervals import BOOTSTRAP_MIN_N
 from analysis.overfit import PATIENCE, REL_TOL, WINDOW, fit_overfitting
+from analysis.proxies import fit_methods
 from analysis.reference import compare, load_reference, reference
 from analysis.scaling_fit import MIN_DOF, fit_scaling
 from analysis.table import Results, load_results
@@ -93,6 +94,7 @@ def analyze(
         "ranking": ranking_agreement(cells),
         "overfitting": overfitting,
         "scaling": fit_scaling(cells, confidence=confidence),
+        "methods": fit_methods(cells, results.curves, results.diagnostics, **kwargs),
         "reference": None,
     }
     if published is not None and reference_name is not None:

@@ -86,6 +86,9 @@ class Results:
     """The rows left out (any status but complete), for the report's table."""
     n_seeds: int = 1
     """Most replicates of one cell; > 1 when cells are means over seeds."""
+    diagnostics: pd.DataFrame | None = None
+    """``diagnostics.parquet`` of a study directory (long format; cell ids of the cells
+    above, replicates averaged), or None."""
 
 
 def load_results(
@@ -98,7 +101,7 @@ def load_results(
     """
     from analysis.validate import prepare_cells, validate_curves
 
-    study = None
+    study = diagnostics = None
     if isinstance(source, pd.DataFrame):
         cells, name = _indexed(source.copy(), "row"), "cells table"
     else:
@@ -112,6 +115,8 @@ def load_results(
             if curves is None and fs.get_file_info(f"{path}/curves.parquet").type == _FILE:
                 curves = f"{study_dir}/curves.parquet"
             study = _read_study(fs, f"{path}/study.json")
+            if fs.get_file_info(f"{path}/diagnostics.parquet").type == _FILE:
+                diagnostics = _read(fs, f"{path}/diagnostics.parquet", "diagnostics.parquet")
         else:
             cells = _read(fs, path, name)
     n_rows = len(cells)
@@ -133,7 +138,19 @@ def load_results(
         tuple(prepared.notes),
         prepared.dropped,
         prepared.n_seeds,
+        _diagnostics_of(diagnostics, prepared.id_map),
     )
+
+
+def _diagnostics_of(table: pd.DataFrame | None, id_map: dict[str, str]) -> pd.DataFrame | None:
+    """Diagnostics rows of the analysed cells under their (aggregate) ids, seeds averaged."""
+    if table is None or table.empty:
+        return None
+    keys = ["cell_id", "layer", "head", "other", "metric"]
+    table = table.assign(cell_id=table["cell_id"].astype(str).map(id_map)).dropna(
+        subset=["cell_id"]
+    )
+    return table.groupby(keys, sort=False, as_index=False)["value"].mean()
 
 
 def read_table(source: str | Path) -> pd.DataFrame:

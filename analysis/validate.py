@@ -36,6 +36,7 @@ OPTIONAL_CELL_COLUMNS: dict[str, str] = {
     "cell_id": TEXT,
     "seed": NUMBER,
     "mask_ratio": NUMBER,
+    "method": TEXT,
     "status": TEXT,
     "train_loss": NUMBER,
     "finetune_top5": NUMBER,
@@ -211,6 +212,8 @@ def prepare_cells(df: pd.DataFrame, name: str) -> Prepared:
     if "cell_id" not in df:
         length = df["iterations"].map(lambda v: str(group_key(v)))
         df["cell_id"] = df["model"] + "/" + df["data"] + "/" + length
+        if "method" in df:  # cells of several MIM methods (see analysis.proxies)
+            df["cell_id"] = df["cell_id"] + "/" + df["method"].fillna("simmim").astype(str)
         if "seed" in df:
             seed = df["seed"].map(lambda v: "" if pd.isna(v) else f"/seed{group_key(v)}")
             df["cell_id"] = df["cell_id"] + seed

@@ -105,6 +105,8 @@ def _run(
         store.write_bytes(ctx.rel("stage.toml"), dump_toml(to_dict(ctx.cell)).encode())
     if kind == "pretrain":
         row, points = _pretrain(ctx, forks, prefix_step)
+    elif kind == "diagnostics":
+        row, points = _diagnostics(ctx, pretrain_id)
     else:
         row, points = _finetune(ctx, pretrain_id)
     if ctx.is_main:
@@ -171,7 +173,8 @@ def _pretrain(
         "batch_size": cell.pretrain.batch_size,
         "epochs_seen": cell.epochs_seen(r["n_train_images"]),
         "seed": cell.seed,
-        "mask_ratio": cell.pretrain.mask_ratio,
+        "mask_ratio": cell.mask_ratio,
+        "method": cell.method,
         "status": "complete",
         "train_loss": r["train_loss"],
         "val_loss": r["val_loss"],
@@ -207,6 +210,18 @@ def _finetune(
         "error": None,
     }
     return row, out.points
+
+
+def _diagnostics(
+    ctx: TrialContext, pretrain_id: str | None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The diagnostics stage: statistics of a finished pre-training stage's encoder."""
+    from scaling.cell.diagnose import run_diagnostics
+
+    if not pretrain_id:
+        raise CellError(f"diagnostics stage {ctx.stage_id}: no pre-training stage given")
+    encoder, _ = _encoder_of(ctx.store, pretrain_id)
+    return run_diagnostics(ctx, pretrain_id, encoder)
 
 
 def _encoder_of(store: CellStore, pretrain_id: str) -> tuple[dict[str, torch.Tensor], float]:

@@ -115,6 +115,26 @@ def finetune_identity(cell: CellConfig, pretrain: str, digests: dict[str, str]) 
     } | ({"reading": _reading(cell)} if _reading(cell) else {})
 
 
+DIAGNOSTICS_VERSION = 1
+"""Part of a diagnostics stage's id: bump it when the statistics change for the same input."""
+
+
+def diagnostics_identity(cell: CellConfig, pretrain: str, digests: dict[str, str]) -> dict:
+    """What determines an encoder's diagnostics: its pre-training stage and the diagnostic
+    set (the ``images`` smallest keys of ``data.val``, in batches of ``batch_size``)."""
+    d, val = cell.diagnostics, cell.data_config.val
+    return {
+        "kind": "diagnostics",
+        "format": DIAGNOSTICS_VERSION,
+        "pretrain": pretrain,
+        "val": val,
+        "images": d.images,
+        "batch_size": d.batch_size,
+        "image_size": cell.pretrain.image_size,
+        "digests": {val: digests.get(val)},
+    }
+
+
 def pretrain_id(cell: CellConfig, digests: dict[str, str]) -> str:
     """The pre-training stage's id: 16 hex digits of its identity."""
     return identity_hash(pretrain_identity(cell, digests))

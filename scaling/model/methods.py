@@ -220,3 +220,19 @@ def flops_per_image(method: str, model: str, *, img_size: int, recipe: Any) -> f
     with counter:
         module(images, mask).backward()
     return float(counter.get_total_flops())
+
+
+def encoder_forward_flops(model: str, *, img_size: int) -> float:
+    """FLOPs of the bare encoder's forward on one image (the diagnostics stage's unit)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from scaling.model.build import create_encoder
+
+    with torch.device("meta"):
+        encoder = create_encoder(model, img_size=img_size).eval()
+        images = torch.zeros(1, 3, img_size, img_size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        encoder.forward_features(images)
+    return float(counter.get_total_flops())

@@ -22,6 +22,7 @@ from scaling.config.identity import cell_digests, cell_id, study_subsets
 from scaling.config.schema import CellConfig, StudyConfig
 from scaling.study.memory import NOTE as MEMORY_NOTE
 from scaling.study.memory import cell_memory_gib, check_memory
+from scaling.study.plan_methods import diagnostics_plan, format_diagnostics
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class CellPlan:
     gpu_memory_gib: float | None = None
     """Estimated peak memory per GPU over its phases (:mod:`scaling.study.memory`);
     None for a CPU cell."""
+    method: str = "simmim"
+    """MIM method of the pre-training."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +93,8 @@ class StudyPlan:
     """Product points left out by ``[[grid.exclude]]``."""
     memory_problems: tuple[str, ...] = ()
     """Cells and phases whose estimated memory exceeds ``resources.gpu_memory_gb``."""
+    diagnostics: tuple[Any, ...] = ()
+    """Diagnostics stages per (model, method) and their FLOPs (:mod:`.plan_methods`)."""
 
     @property
     def total_flops(self) -> float:
@@ -124,6 +129,7 @@ class StudyPlan:
             "axes": self.axes,
             "excluded": self.excluded,
             "memory": {"note": MEMORY_NOTE, "problems": list(self.memory_problems)},
+            "diagnostics": [asdict(d) for d in self.diagnostics],
             "cells": [asdict(c) for c in self.cells],
             "sharing": {
                 "enabled": self.share_prefix,
@@ -195,6 +201,10 @@ def _params_m(model: str, image_size: int) -> float:
 def pretrain_flops(cell: CellConfig) -> float:
     """FLOPs of the cell's whole pre-training (also the grid's longest-first order)."""
     p = cell.pretrain
+    if cell.method != "simmim":
+        from scaling.study.plan_methods import method_flops_per_image
+
+        return method_flops_per_image(cell, _cached) * p.batch_size * cell.iterations
     per_image = _flops_per_image(cell.model, p.image_size, p.mask_patch_size)
     return per_image * p.batch_size * cell.iterations
 
@@ -222,7 +232,8 @@ def plan_study(
                 iterations=cell.iterations,
                 batch_size=p.batch_size,
                 seed=cell.seed,
-                mask_ratio=p.mask_ratio,
+                mask_ratio=cell.mask_ratio,
+                method=cell.method,
                 epochs=None if not info.images else cell.epochs_seen(info.images),
                 pretrain_flops=flops,
                 gpu_hours=flops * per_hour,
@@ -251,6 +262,7 @@ def plan_study(
         share_prefix=g.share_prefix,
         excluded=len(g._product()) - len(points),
         memory_problems=tuple(check_memory(cells, _params_m)),
+        diagnostics=tuple(diagnostics_plan(study, _cached)),
     )
 
 
@@ -343,6 +355,7 @@ def format_plan(plan: StudyPlan) -> str:
         f"{_short(total_h)} GPU-hours ({_short(total_h / 24)} GPU-days)"
     )
     lines += _format_sharing(plan)
+    lines += format_diagnostics(list(plan.diagnostics), _si)
     lines.append(f"mem_gib: {MEMORY_NOTE}")
     lines += [f"does not fit: {problem}" for problem in plan.memory_problems]
     if any(not c.images_exact for c in plan.cells):

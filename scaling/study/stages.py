@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scaling.config.identity import (
+    diagnostics_identity,
     finetune_identity,
     identity_hash,
     pretrain_identity,
@@ -35,7 +36,7 @@ from scaling.config.identity import (
 from scaling.config.parse import to_dict
 from scaling.config.schema import CellConfig
 
-KINDS = ("pretrain", "finetune")
+KINDS = ("pretrain", "finetune", "diagnostics")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,14 +44,14 @@ class Stage:
     """One unit of work of the study's graph."""
 
     kind: str
-    """``pretrain`` or ``finetune``."""
+    """``pretrain``, ``finetune`` or ``diagnostics``."""
     stage_id: str
     cell: CellConfig
     """The cell whose stage this is (for a shared pre-training stage: the first such cell)."""
     identity: dict[str, Any]
     digests: dict[str, str]
     pretrain_id: str | None = None
-    """Fine-tuning: the pre-training stage it starts from."""
+    """Fine-tuning, diagnostics: the pre-training stage whose encoder it reads."""
     trunk_id: str | None = None
     """Branch: the trunk that writes its checkpoint at ``fork_step``."""
     fork_step: int = 0
@@ -67,9 +68,10 @@ class Stage:
 
     @property
     def role(self) -> str:
-        """``trunk``, ``branch``, ``run`` (pre-training on its own) or ``finetune``."""
-        if self.kind == "finetune":
-            return "finetune"
+        """``trunk``, ``branch``, ``run`` (pre-training on its own), ``finetune`` or
+        ``diagnose``."""
+        if self.kind != "pretrain":
+            return "diagnose" if self.kind == "diagnostics" else self.kind
         return "trunk" if self.forks else "branch" if self.trunk_id else "run"
 
     def record(self) -> dict[str, Any]:
@@ -108,12 +110,18 @@ class StageGraph:
     finetune: dict[str, Stage]
     cells: list[tuple[CellConfig, str, str | None]] = field(default_factory=list)
     """Every grid cell with its (pre-training id, fine-tuning id or None), in grid order."""
+    diagnostics: dict[str, Stage] = field(default_factory=dict)
+    """One diagnostics stage per pre-training stage (``[diagnostics] enabled``)."""
+    diagnostics_of: dict[str, str] = field(default_factory=dict)
+    """Pre-training id → its diagnostics stage's id."""
 
     def stages(self) -> list[Stage]:
-        return [*self.pretrain.values(), *self.finetune.values()]
+        return [*self.pretrain.values(), *self.finetune.values(), *self.diagnostics.values()]
 
     def get(self, stage_id: str) -> Stage:
-        return self.pretrain.get(stage_id) or self.finetune[stage_id]
+        return (
+            self.pretrain.get(stage_id) or self.finetune.get(stage_id) or self.diagnostics[stage_id]
+        )
 
     def cell_ids(self) -> list[str]:
         return [ft or pt for _, pt, ft in self.cells]
@@ -189,7 +197,38 @@ def build_graph(
         rows.append((cell, pid, fid))
     if share_prefix:
         pretrain = _with_sharing(pretrain)
-    return StageGraph(pretrain=pretrain, finetune=finetune, cells=rows)
+    diagnostics = _diagnostics_stages(pretrain)
+    return StageGraph(
+        pretrain=pretrain,
+        finetune=finetune,
+        cells=rows,
+        diagnostics=diagnostics,
+        diagnostics_of={s.pretrain_id: i for i, s in diagnostics.items() if s.pretrain_id},
+    )
+
+
+def _diagnostics_stages(pretrain: dict[str, Stage]) -> dict[str, Stage]:
+    """A diagnostics stage after every pre-training stage whose cell asks for one; it
+    runs in one process (its cost is one forward over a small batch)."""
+    import dataclasses
+
+    out = {}
+    for pid, stage in pretrain.items():
+        cell = stage.cell
+        if not cell.diagnostics.enabled:
+            continue
+        one = dataclasses.replace(cell.resources, workers=1)
+        ident = diagnostics_identity(cell, pid, stage.digests)
+        did = identity_hash(ident)
+        out[did] = Stage(
+            kind="diagnostics",
+            stage_id=did,
+            cell=dataclasses.replace(cell, resources=one),
+            identity=ident,
+            digests=stage.digests,
+            pretrain_id=pid,
+        )
+    return out
 
 
 def _with_sharing(stages: dict[str, Stage]) -> dict[str, Stage]:

@@ -8,6 +8,8 @@
                        ``analyze`` and users' scripts read (plus the two stage ids)
     curves.parquet     every logged point of every cell, by ``cell_id`` (a pre-training
                        curve shared by several cells appears under each of them)
+    diagnostics.parquet  with ``[diagnostics] enabled``: every cell's encoder diagnostics,
+                       long format (per layer and head, summary scalars at layer −1)
 
 Each stage writes ``stages/<kind>/<id>/result.parquet`` and ``curves.parquet``; these
 tables are rebuilt from them, so no stage or cell ever appears twice.
@@ -60,6 +62,7 @@ DIAGNOSTICS_COLUMNS: dict[str, pa.DataType] = {
     "images": pa.int64(),
     "status": pa.string(),
     "wall_s": pa.float64(),
+    "bad_images": pa.int64(),
     "error": pa.string(),
 }
 DIAGNOSTIC_ROW_COLUMNS: dict[str, pa.DataType] = {
@@ -167,7 +170,26 @@ def write_tables(store: Any, graph: Any) -> tuple[pa.Table, pa.Table]:
     cells, curve = table_of(CELL_COLUMNS, rows), table_of(CURVE_COLUMNS, curves)
     store.write_table("cells.parquet", cells)
     store.write_table("curves.parquet", curve)
+    if getattr(graph, "diagnostics", None):
+        store.write_table("diagnostics.parquet", diagnostics_table(store, graph))
     return cells, curve
+
+
+def diagnostics_table(store: Any, graph: Any) -> pa.Table:
+    """Every cell's diagnostics (complete stages only), keyed by cell and stage ids."""
+    rows: list[dict[str, Any]] = []
+    read: dict[str, list[dict[str, Any]]] = {}
+    for cell, pid, fid in graph.cells:
+        did = graph.diagnostics_of.get(pid)
+        if did is None or not store.stage_complete("diagnostics", did):
+            continue
+        if did not in read:
+            table = store.read_table(f"stages/diagnostics/{did}/diagnostics.parquet")
+            read[did] = [] if table is None else table.to_pylist()
+        keys = {"cell_id": fid or pid, "pretrain_id": pid, "diagnostics_id": did,
+                "method": cell.method, "model": cell.model}  # fmt: skip
+        rows += [{**keys, **r} for r in read[did]]
+    return table_of(DIAGNOSTIC_ROW_COLUMNS, rows)
 
 
 def _present(rows: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:

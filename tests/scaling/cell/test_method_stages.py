@@ -81,3 +81,57 @@ def test_method_enters_the_identity_and_simmim_keeps_its_own(tiny_cell) -> None:
         mae, pretrain=dataclasses.replace(mae.pretrain, mask_ratio=0.5)
     )
     assert pretrain_id(other_simmim_mask, digests) == pretrain_id(mae, digests)
+
+
+def test_diagnostics_stage_reads_the_encoder_and_writes_long_rows(tiny_cell, tmp_path) -> None:
+    from scaling.cell.diagnose import STAGE_COLUMNS
+    from scaling.config.identity import diagnostics_identity, identity_hash
+    from scaling.config.recipes import DiagnosticsConfig
+
+    cell = _cell(tiny_cell, "mae", "vit-nano")
+    cell = dataclasses.replace(
+        cell, diagnostics=DiagnosticsConfig(enabled=True, images=12, batch_size=8)
+    )
+    store = ResultStore(str(tmp_path / "store"))
+    digests = manifest_digests(cell)
+    pid = pretrain_id(cell, digests)
+    did = identity_hash(diagnostics_identity(cell, pid, digests))
+    with pytest.raises(Exception, match=f"pre-training stage {pid} has not finished"):
+        run_stage("diagnostics", did, cell, store, pretrain_id=pid)
+    run_stage("pretrain", pid, cell, store)
+    before = store.read_bytes(f"stages/pretrain/{pid}/checkpoint.pt")
+    row = run_stage("diagnostics", did, cell, store, pretrain_id=pid)
+    assert row["status"] == "complete" and row["images"] == 12 and row["pretrain_id"] == pid
+    assert store.stage_complete("diagnostics", did)
+    assert store.read_bytes(f"stages/pretrain/{pid}/checkpoint.pt") == before  # not re-run
+    table = store.read_table(f"stages/diagnostics/{did}/diagnostics.parquet").to_pandas()
+    assert list(table.columns) == list(STAGE_COLUMNS)
+    per_head = table[(table.metric == "distance_px")]
+    assert sorted(set(per_head.layer)) == [0, 1, 2, 3]
+    assert sorted(set(per_head["head"])) == [0, 1, 2]
+    summary = table[table.layer == -1].set_index("metric").value
+    assert {"attn_distance_px", "attn_entropy", "head_kl", "cka_first_last", "qk_nmi"} <= set(
+        summary.index
+    )
+    assert summary["attn_distance_px"] == pytest.approx(per_head.value.mean())
+    cka = table[table.metric == "cka"]
+    assert cka[cka.layer == cka.other].value.to_numpy() == pytest.approx(1.0)
+
+
+def test_batched_diagnostics_weigh_each_batch_by_its_images() -> None:
+    from timm.models.vision_transformer import VisionTransformer
+
+    from scaling.cell.diagnose import mean_diagnostics
+    from scaling.model.diagnostics import diagnose
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=0
+    ).eval()
+    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    whole = diagnose(vit, images)
+    parts = mean_diagnostics([diagnose(vit, images[:4]), diagnose(vit, images[4:])], [4.0, 2.0])
+    for name in ("distance_px", "entropy"):
+        assert torch.tensor(getattr(parts, name)) == pytest.approx(
+            torch.tensor(getattr(whole, name)), rel=1e-5
+        )
