@@ -22,7 +22,13 @@ from scaling.errors import UserError
 
 # Modules that define ``register(subparsers) -> None``; each verb sets
 # ``func(args) -> int`` through ``set_defaults``.
-VERB_MODULES = ("subsets.cli", "scaling.study.verbs", "scaling.study.trial_verb", "analysis.cli")
+VERB_MODULES = (
+    "subsets.cli",
+    "scaling.study.verbs",
+    "scaling.study.more_verbs",
+    "scaling.study.trial_verb",
+    "analysis.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
