@@ -139,9 +139,29 @@ def _run_study(
     if not args.no_report:
         _write_report(study.output_dir)
     print(f"{summary(rows)} → {study.output_dir}", flush=True)
+    _warn_bad_images(store, run)
     for stage_id, err in failed.items():
         print(f"error: stage {stage_id} failed: {err}", file=sys.stderr)
     return 1 if failed else 0
+
+
+BAD_IMAGE_COLUMNS = {"bad_images": "training", "bad_val_images": "validation"}
+"""Result columns that count the images a stage skipped (unreadable), by split."""
+
+
+def _warn_bad_images(store: ResultStore, run: RunSet) -> None:
+    """One console line per stage of this run that skipped unreadable images."""
+    for stage_id in run.todo:
+        stage = run.graph.get(stage_id)
+        row = store.stage_row(stage.kind, stage_id) or {}
+        counts = [f"{row[k]} {split}" for k, split in BAD_IMAGE_COLUMNS.items() if row.get(k)]
+        if counts:
+            print(
+                f"warning: {stage.kind} stage {stage_id} ({stage.cell.model}, "
+                f"{stage.cell.data}) skipped unreadable images: {', '.join(counts)} (each "
+                "named in the stage's log)",
+                file=sys.stderr,
+            )
 
 
 def _interrupted(

@@ -260,3 +260,27 @@ def test_a_damaged_result_is_reported_set_aside_and_rerun(tmp_path: Path, demo_d
     assert f"{result}: damaged (not a readable Parquet file: " in again.stderr
     assert list(result.parent.glob("result.parquet.damaged-*"))
     assert _states(study) == ["done"]
+
+
+@pytest.mark.slow
+def test_skipped_images_are_counted_and_said_on_the_console(tmp_path: Path, demo_dir: Path) -> None:
+    """Five zero-byte training images (the floor allows five) in a one-epoch run."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    paths = pq.read_table(data / "manifests" / "demo-25pct.parquet").column("path").to_pylist()
+    for rel in paths[:5]:
+        (data / rel).write_bytes(b"")
+    grid = {"models": ["swinv2-nano"], "data": ["demo-25pct"], "iterations": [48]}
+    study = _study(tmp_path, data, grid=grid)
+    result = mimscale("run", str(study), "--no-report", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert re.search(
+        r"^warning: pretrain stage [0-9a-f]{16} \(swinv2-nano, demo-25pct\) skipped unreadable "
+        r"images: 5 training",
+        result.stderr,
+        re.M,
+    ), result.stderr
+    cells = pq.read_table(tmp_path / "out" / "cells.parquet").to_pylist()
+    assert [c["bad_images"] for c in cells] == [5]
