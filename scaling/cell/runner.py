@@ -255,7 +255,7 @@ class PhaseRunner:
     def _loop(self, model: nn.Module, optimizer: Any, scaler: Any) -> Phase:
         def log(step: int, loss: float, lr: float) -> None:
             self.add(step, "train", "loss", loss, lr)
-            self.speed = self.throughput.tick(step)
+            self.speed = {**self.throughput.tick(step), "wall_s": self.wall_s}
             self.on_log(step, loss, lr)
 
         def resumable(step: int, window: list[float]) -> None:

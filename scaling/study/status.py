@@ -53,6 +53,20 @@ class StageStatus:
     val_loss: float | None = None
     finetune_top1: float | None = None
     error: str | None = None
+    gpus: float = 0.0
+    """GPUs the stage holds (per worker × workers)."""
+    total_steps: int | None = None
+    """The running phase's last step (a fine-tune's comes from its data)."""
+    images_per_s: float | None = None
+    """Over the last log interval (progress.json)."""
+    eta_s: float | None = None
+    """A running stage's time to its last step, at its measured rate."""
+    wall_s: float | None = None
+    """Time trained so far (all attempts), or in all once done."""
+    gpu_hours: float | None = None
+    """A finished stage's GPU-hours (0 on the CPU)."""
+    log: str | None = None
+    """A failed, interrupted or stopped stage's log in the store (``mimscale logs``)."""
 
 
 def _progress_age_s(store: ResultStore, rel: str) -> float | None:
@@ -90,6 +104,7 @@ def stage_status(
         "seed": cell.seed,
         "upstream": stage.pretrain_id or stage.trunk_id,
         "fork_step": stage.fork_step,
+        "gpus": cell.resources.gpus * cell.resources.workers,
     }
     row = store.stage_row(stage.kind, stage.stage_id)
     if row is not None and row.get("status") == "complete":
@@ -100,6 +115,8 @@ def stage_status(
             train_loss=row.get("train_loss"),
             val_loss=row.get("val_loss"),
             finetune_top1=row.get("finetune_top1"),
+            wall_s=row.get("wall_s"),
+            gpu_hours=row.get("gpu_hours"),
         )
     progress = store.read_json(f"{stage.dir}/progress.json") or {}
     if running is None:
@@ -123,7 +140,20 @@ def stage_status(
         val_loss=progress.get("val_loss"),
         finetune_top1=progress.get("finetune_top1"),
         error=row.get("error") if row is not None else None,
+        total_steps=progress.get("iterations"),
+        images_per_s=progress.get("images_per_s"),
+        eta_s=progress.get("eta_s") if state == "running" else None,
+        wall_s=progress.get("wall_s"),
+        log=_log_of(store, stage, state),
     )
+
+
+def _log_of(store: ResultStore, stage: Stage, state: str) -> str | None:
+    """Where to look when a stage did not finish: its log in the store, if it wrote one."""
+    rel = f"{stage.dir}/log.txt"
+    if state in ("failed", INTERRUPTED, "stopped") and store.exists(rel):
+        return store.path(rel)
+    return None
 
 
 def study_status(
@@ -169,6 +199,20 @@ def summary(rows: Sequence[StageStatus]) -> str:
     return "; ".join(parts) or "no stages"
 
 
+def duration(seconds: float | None) -> str:
+    """``42s``, ``17m``, ``3h05``, ``2d04h``; ``-`` when unknown."""
+    if seconds is None or seconds != seconds:
+        return "-"
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
 def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None or value != value else format(value, fmt)  # None or NaN
 
@@ -184,7 +228,8 @@ def format_status(rows: Sequence[StageStatus], *, compact_over: int = 0) -> str:
         shown = [r for r in rows if r.state not in ("done", "pending")]
     head = (
         f"{'stage':<16}  {'kind':<11} {'role':<8} {'model':<12} {'data':<14} {'iterations':>10} "
-        f"{'state':<11} {'step':>8} {'train_loss':>10} {'val_loss':>9} {'top1':>6}  from"
+        f"{'state':<11} {'step':>8} {'img/s':>7} {'eta':>7} {'train_loss':>10} {'val_loss':>9} "
+        f"{'top1':>6}  from"
     )
     lines = [head, "-" * len(head)]
     for r in shown:
@@ -194,10 +239,13 @@ def format_status(rows: Sequence[StageStatus], *, compact_over: int = 0) -> str:
         lines.append(
             f"{r.stage_id:<16}  {r.kind:<11} {r.role:<8} {r.model:<12} {r.data:<14} "
             f"{r.iterations:>10} {r.state:<11} {_num(r.step, 'd'):>8} "
+            f"{_num(r.images_per_s, '.0f'):>7} {duration(r.eta_s):>7} "
             f"{_num(r.train_loss, '.4f'):>10} {_num(r.val_loss, '.4f'):>9} "
             f"{_num(r.finetune_top1, '.2f'):>6}  {upstream}"
         )
         if r.state == "failed" and r.error:
             lines.append(f"{'':<18}error: {r.error.splitlines()[0][:160]}")
+        if r.log and r.state != "stopped":
+            lines.append(f"{'':<18}log: {r.log}")
     lines.append(summary(rows))
     return "\n".join(lines)
