@@ -10,9 +10,14 @@ tokens, so its encoder costs about a quarter of SimMIM's, which encodes every to
 (the ``encoder`` column: FLOPs of the encoder's blocks on the tokens it sees).
 
 The diagnostics (attention distance, entropy, head KL, query–key NMI, linear
-CKA) are timed per encoder on one fixed batch: vit-nano and swinv2-nano::
+CKA) are timed per encoder on one fixed batch: vit-nano and swinv2-nano; and through
+the real diagnostics stage (``run_stage("diagnostics", …)``: the encoder read from its
+pre-training stage's checkpoint, ``--diag-images`` demo val images decoded in batches of
+``--diag-batch``, the tables written), after a one-step pre-training of each encoder in a
+temporary store on the embedded demo data::
 
     python bench/bench_methods.py [--batch 32] [--steps 5] [--rounds 4] [--threads 0]
+        [--diag-batch 64] [--diag-images 64]
 
 Step times are the best of ``rounds`` interleaved rounds of ``steps`` steps.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -159,6 +165,44 @@ def time_diagnostics(factory: Callable[[], torch.nn.Module], batch: int, repeats
     return best
 
 
+def time_diagnostics_stage(model: str, *, images: int, batch: int, root: Path) -> float:
+    """Seconds of the diagnostics stage of ``model`` (best of two runs, each in a fresh
+    store after the same one-step pre-training on the demo data under ``root``)."""
+    from scaling.cell.run import run_stage
+    from scaling.config.identity import (
+        diagnostics_identity,
+        identity_hash,
+        manifest_digests,
+        pretrain_id,
+    )
+    from scaling.config.recipes import DiagnosticsConfig
+    from scaling.config.schema import CellConfig, DataConfig, FinetuneConfig, PretrainConfig
+    from scaling.study.store import ResultStore
+    from subsets.demo import build_demo
+
+    demo = build_demo(root / "demo")
+    cell = CellConfig(
+        model=model, data="demo-25pct", iterations=1,
+        data_config=DataConfig(manifest_dir=str(demo / "manifests"), root=str(demo),
+                               val="demo-val", num_workers=0),
+        pretrain=PretrainConfig(batch_size=8, image_size=IMG, mask_patch_size=16, val_limit=8,
+                                log_interval=1, amp="fp32"),
+        finetune=FinetuneConfig(enabled=False, image_size=IMG),
+        diagnostics=DiagnosticsConfig(enabled=True, images=images, batch_size=batch),
+    )  # fmt: skip
+    digests = manifest_digests(cell)
+    pid = pretrain_id(cell, digests)
+    did = identity_hash(diagnostics_identity(cell, pid, digests))
+    best = float("inf")
+    for attempt in range(2):
+        store = ResultStore(str(root / f"store-{model}-{attempt}"))
+        run_stage("pretrain", pid, cell, store)
+        start = time.perf_counter()
+        run_stage("diagnostics", did, cell, store, pretrain_id=pid)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32)
@@ -166,9 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (best kept)")
     parser.add_argument("--diag-batch", type=int, default=64)
+    parser.add_argument("--diag-images", type=int, default=64, help="images of the stage")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = parser.parse_args(argv)
-    for flag in ("batch", "steps", "rounds", "diag_batch"):
+    for flag in ("batch", "steps", "rounds", "diag_batch", "diag_images"):
         if getattr(args, flag) < 1:
             print(f"error: --{flag.replace('_', '-')}: must be ≥ 1", file=sys.stderr)
             return 2
@@ -192,6 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     for name, factory in (("vit-nano", vit_nano), ("swinv2-nano", swinv2_nano)):
         seconds = time_diagnostics(factory, args.diag_batch, 3)
         print(f"{name:<12} {1e3 * seconds:>9.1f} ms")
+    batch = min(args.diag_batch, args.diag_images)
+    print(
+        f"# the diagnostics stage (run_stage: encoder from its checkpoint, {args.diag_images} "
+        f"demo val images at {IMG} px in batches of {batch}, tables written; best of 2)"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("vit-nano", "swinv2-nano"):
+            seconds = time_diagnostics_stage(
+                name, images=args.diag_images, batch=batch, root=Path(tmp)
+            )
+            print(f"{name:<12} {seconds:>9.2f} s/stage")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""One stage of a study — pre-training or fine-tuning — or a whole cell, in any process.
+"""One stage of a study — pre-training, fine-tuning, diagnostics — or a whole cell, anywhere.
 
 ``run_stage`` runs in a Ray Tune trial, a Ray Train worker, or a plain process, and
 never imports ray. Everything it writes goes through the study's store under
@@ -7,8 +7,8 @@ training (resume is exact: model, optimizer, RNG states, sampler position, the o
 log window, curves so far), and at the end ``curves.parquet`` then ``result.parquet``
 (the result marks completion). A pre-training trunk also writes its branches'
 checkpoints at their fork steps; a fine-tuning stage reads its encoder from its
-pre-training stage's result checkpoint. ``run_trial`` runs both stages of one cell
-(``mimscale trial``).
+pre-training stage's result checkpoint, as does a diagnostics stage
+(:mod:`scaling.cell.diagnose`). ``run_trial`` runs a cell's stages (``mimscale trial``).
 
 Each stage's log goes to ``log.txt`` in its directory (:mod:`scaling.cell.stagelog`);
 rank 0 reports its curves and final metrics to the study's trackers
@@ -200,7 +200,7 @@ def _finetune(
     row = {
         "stage_id": ctx.stage_id,
         "pretrain_id": pretrain_id,
-        "target": data.finetune_train,
+        "target": ctx.cell.target or data.finetune_train,
         "status": "complete",
         "finetune_top1": r["top1"],
         "finetune_top5": r["top5"],
@@ -256,4 +256,10 @@ def run_trial(
         row |= {"finetune_id": fid, "cell_id": fid, "wall_s": pre["wall_s"] + ft["wall_s"]}
         row["gpu_hours"] = pre["gpu_hours"] + ft["gpu_hours"]
         row["bad_images"] = pre["bad_images"] + ft["bad_images"]
+    if cell.diagnostics.enabled:
+        from scaling.config.identity import diagnostics_identity, identity_hash
+
+        did = identity_hash(diagnostics_identity(cell, pid, digests))
+        run_stage("diagnostics", did, cell, store, pretrain_id=pid, device=device)
+        row["diagnostics_id"] = did
     return row

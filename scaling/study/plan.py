@@ -215,7 +215,8 @@ def plan_study(
     subsets = study_subsets(study)
     rows = []
     per_hour = 1 / (mfu * peak_tflops * 1e12) / 3600
-    cells = study.cells()
+    first_target = study.targets()[0][1].name
+    cells = [c for c in study.cells() if c.target == first_target]  # one row per pre-training
     for cell in cells:
         p = cell.pretrain
         digests = cell_digests(cell, subsets)
@@ -334,7 +335,8 @@ def format_plan(plan: StudyPlan) -> str:
         "",
     ]
     head = (
-        f"{'cell':<16}  {'model':<12} {'params_m':>8}  {'data':<14} {'images':>11} "
+        f"{'cell':<16}  {'model':<12} {_method_head(plan)}{'params_m':>8}  {'data':<14} "
+        f"{'images':>11} "
         f"{'iterations':>10} {'batch':>5} {'epochs':>8} {'flops':>10} {'gpu_h':>9} {'mem_gib':>7}"
     )
     lines += [head, "-" * len(head)]
@@ -344,7 +346,8 @@ def format_plan(plan: StudyPlan) -> str:
         gpu_h = _short(c.gpu_hours)
         mem = "-" if c.gpu_memory_gib is None else f"{c.gpu_memory_gib:.1f}"
         lines.append(
-            f"{c.cell_id or 'pending-manifest':<16}  {c.model:<12} {c.params_m:>8.1f}  "
+            f"{c.cell_id or 'pending-manifest':<16}  {c.model:<12} {_method_col(plan, c.method)}"
+            f"{c.params_m:>8.1f}  "
             f"{c.data:<14} {images:>11} {c.iterations:>10} {c.batch_size:>5} {epochs:>8} "
             f"{_si(c.pretrain_flops, 'FLOP'):>10} {gpu_h:>9} {mem:>7}"
         )
@@ -364,6 +367,15 @@ def format_plan(plan: StudyPlan) -> str:
             "pending-manifest: the cell id needs the manifests' digests"
         )
     return "\n".join(lines)
+
+
+def _method_head(plan: StudyPlan) -> str:
+    """The ``method`` column's header, shown when the study has more than one method."""
+    return _method_col(plan, "method")
+
+
+def _method_col(plan: StudyPlan, method: str) -> str:
+    return f"{method:<9} " if len({c.method for c in plan.cells}) > 1 else ""
 
 
 def _format_sharing(plan: StudyPlan) -> list[str]:

@@ -89,6 +89,7 @@ def test_plan_shows_the_methods_and_the_diagnostics_cost(tmp_path: Path, demo_di
     plan = plan_study(_load(tmp_path, _tables(demo_dir, tmp_path / "out")))
     text = format_plan(plan)
     assert "5 cells = 2 models × 3 methods" in text and "less 1 excluded" in text
+    assert "vit-nano     localmim " in text  # the method column of a multi-method plan
     assert "diagnostics (a stage after each pre-training" in text
     rows = {(d.model, d.method): d for d in plan.diagnostics}
     assert set(rows) == {(c.model, c.method) for c in plan.cells}
