@@ -17,14 +17,17 @@ few seconds.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from scaling.study.status import STATES, StageStatus, duration, format_status
+
+log = logging.getLogger(__name__)
 
 OVER = ("done", "failed")
 """States with nothing left to run in this run."""
@@ -112,6 +115,21 @@ def format_totals(t: Totals) -> str:
         if t.unmeasured:
             eta += f" ({t.unmeasured} stages not measured yet)"
     return f"{t.total} stages: {states} · GPU-hours {t.gpu_hours_spent:.3g}{planned} · {eta}"
+
+
+def planned_gpu_hours(study: Any) -> float | None:
+    """The plan's pre-training GPU-hours (with prefix sharing where the study shares), or
+    None when the plan cannot say (e.g. manifests it cannot size)."""
+    from scaling.study.plan import plan_study
+
+    try:
+        plan = plan_study(study)
+    except Exception as err:  # the view goes on without the figure
+        log.warning("no planned GPU-hours for the progress view: %s", err)
+        return None
+    if study.grid.share_prefix and plan.sharing:
+        return plan.sharing_total()["shared_gpu_hours"]
+    return plan.total_gpu_hours
 
 
 class LiveView:

@@ -39,6 +39,7 @@ def _load(args: argparse.Namespace) -> StudyConfig:
 def run_command(args: argparse.Namespace) -> int:
     """Check everything (study, output, manifests, cluster, lock), then run; see README
     "When things go wrong" for the exit codes."""
+    from scaling.cell.tracking import check_tracking
     from scaling.errors import UsageError
     from scaling.study.interrupt import Interrupted, interruptible
     from scaling.study.preflight import prepare_run
@@ -47,6 +48,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.connect_timeout <= 0 or (args.wait is not None and args.wait < 0 and args.wait != -1):
         raise UsageError("--connect-timeout must be > 0 and --wait S at least 0")
     study = _load(args)
+    check_tracking(study.tracking)  # a tracker's library missing: before anything runs
     store = ResultStore(study.output_dir)
     store.check_writable()
     run = prepare_run(study, store)  # every check before the first write
@@ -75,15 +77,8 @@ def _run_locked(
     try:
         wait = args.wait is not None
         timeout = None if args.wait in (None, -1.0) else args.wait
-        with acquire(store, wait=wait, timeout=timeout, command=" ".join(sys.argv)) as lock:
-            code = _run_study(args, study, store, run)
-            if lock.lost:  # this process stalled past its lease and another run took over
-                print(
-                    f"warning: the study lock of {store.uri} was taken over by another run "
-                    "while this one ran; check `mimscale status` once that run ends",
-                    file=sys.stderr,
-                )
-            return code
+        with acquire(store, wait=wait, timeout=timeout, command=" ".join(sys.argv)):
+            return _run_study(args, study, store, run)
     finally:
         if started:
             from scaling.study.grid import disconnect
@@ -229,12 +224,17 @@ def _run_grid(
     args: argparse.Namespace, study: StudyConfig, store: ResultStore, run: RunSet
 ) -> dict[str, str]:
     _local_ray_auth(args.address)
+    from scaling.cell.tracking import prepare_tracking
     from scaling.study.grid import run_grid  # imports ray
-    from scaling.study.status import format_status, study_status
+    from scaling.study.live import LiveView, planned_gpu_hours
+    from scaling.study.status import study_status
+
+    prepare_tracking(study.tracking)  # e.g. the MLflow experiment, once, not per stage
+    # a terminal: the table redrawn in place; a log file: one line per event
+    view = LiveView(planned_gpu_hours=planned_gpu_hours(study), compact_over=COMPACT_OVER)
 
     def on_progress(running: Collection[str]) -> None:
-        rows = study_status(store, run.graph, running)
-        print(format_status(rows, compact_over=COMPACT_OVER), flush=True)
+        view.update(study_status(store, run.graph, running))
 
     result = run_grid(
         _job_order(run),
