@@ -77,8 +77,15 @@ def _run_locked(
     try:
         wait = args.wait is not None
         timeout = None if args.wait in (None, -1.0) else args.wait
-        with acquire(store, wait=wait, timeout=timeout, command=" ".join(sys.argv)):
-            return _run_study(args, study, store, run)
+        with acquire(store, wait=wait, timeout=timeout, command=" ".join(sys.argv)) as lock:
+            code = _run_study(args, study, store, run)
+            if lock.lost:  # this process stalled past its lease and another run took over
+                print(
+                    f"warning: the study lock of {store.uri} was taken over by another run "
+                    "while this one ran; check `mimscale status` once that run ends",
+                    file=sys.stderr,
+                )
+            return code
     finally:
         if started:
             from scaling.study.grid import disconnect
