@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 MEASURED = ("val_loss", "finetune_top1", "train_loss", "finetune_top5")
 AVERAGED = (*MEASURED, "epochs_seen", "pretrain_flops", "gpu_hours", "wall_s")
 # recipe columns that tell two runs of one (model, data, length) apart when present
-RECIPE = ("batch_size", "mask_ratio", "method")
+RECIPE = ("batch_size", "mask_ratio", "method", "target")
 
 
 def cell_key(cells: pd.DataFrame) -> list[str]:

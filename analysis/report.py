@@ -57,8 +57,8 @@ def analyze(
 ) -> dict[str, Any]:
     """Every fit of the analysis, as the dict written to ``fits.json``; with ``published``
     (the cells of reference ``reference_name``), the per-cell comparison too."""
-    cells = results.cells
     kwargs = {"seed": seed, "n_resamples": n_resamples, "confidence": confidence}
+    cells, targets = _primary_target(results.cells, **kwargs)
     overfitting = fit_overfitting(cells, results.curves)
     pairs = {(r["model"], r["data"]) for r in overfitting["by_model_data"] if r["overfits"]}
     fits = {
@@ -95,11 +95,37 @@ def analyze(
         "overfitting": overfitting,
         "scaling": fit_scaling(cells, confidence=confidence),
         "methods": fit_methods(cells, results.curves, results.diagnostics, **kwargs),
+        "targets": targets,
         "reference": None,
     }
     if published is not None and reference_name is not None:
         fits["reference"] = compare(cells, published.cells, reference_name)
     return fits
+
+
+def _primary_target(
+    cells: pd.DataFrame, **kwargs: Any
+) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+    """Cells fine-tuned on several targets (``target`` column): the analysis runs on the
+    primary one (most cells; the first listed on a tie), and each target gets its own
+    val-loss ↔ top-1 correlation (accuracies of different data sets are not one scale)."""
+    if "target" not in cells or cells["target"].nunique(dropna=True) < 2:
+        return cells, None
+    counts = cells["target"].value_counts(sort=False)
+    primary = str(counts.idxmax())
+    per_target = {
+        str(name): fit_correlations(group, **kwargs)
+        for name, group in cells.groupby("target", sort=False)
+    }
+    note = (
+        f"{len(counts)} fine-tuning targets; the report's figures and fits use {primary!r}, "
+        "each target's correlation is under 'targets'"
+    )
+    return cells[cells["target"] == primary], {
+        "primary": primary,
+        "by_target": per_target,
+        "note": note,
+    }
 
 
 def write_report(

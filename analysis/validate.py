@@ -37,6 +37,7 @@ OPTIONAL_CELL_COLUMNS: dict[str, str] = {
     "seed": NUMBER,
     "mask_ratio": NUMBER,
     "method": TEXT,
+    "target": TEXT,
     "status": TEXT,
     "train_loss": NUMBER,
     "finetune_top5": NUMBER,

@@ -32,6 +32,7 @@ _NOT_IDENTITY = (
     "compile",
     "activation_checkpointing",
     "models",
+    "targets",  # the target's own recipe is resolved into the cell's; the list is not
 )
 """Recipe fields that change how a stage is logged or how fast it runs, never its results."""
 NOT_IDENTITY_SECTIONS = ("source", "tracking")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -309,6 +310,30 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FinetuneTarget:
+    """A downstream data set that every pre-trained encoder is fine-tuned on."""
+
+    name: str
+    """Short name: the ``target`` column of ``cells.parquet`` (e.g. ``inat18``)."""
+    train: str
+    """Manifest it trains on."""
+    val: str
+    """Manifest its top-1 / top-5 are measured on."""
+    recipe: dict[str, Any] = field(default_factory=dict)
+    """``[finetune.targets.recipe]``: overrides of any ``[finetune]`` field for this target
+    (over the per-size ones)."""
+
+    def __post_init__(self) -> None:
+        check(
+            bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*", self.name)),
+            "name",
+            f"must be letters, digits, '_', '.', '-', got {self.name!r}",
+        )
+        for key in ("targets", "models", "enabled"):
+            check(key not in self.recipe, f"recipe.{key}", "cannot be set per target")
+
+
+@dataclass(frozen=True, kw_only=True)
 class FinetuneConfig:
     enabled: bool = True
     """Fine-tune each pre-trained encoder (off: pre-training only)."""
@@ -350,9 +375,15 @@ class FinetuneConfig:
     """Evaluate top-1/top-5 every this many iterations (0: only at the end)."""
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-size overrides of any field above: ``[finetune.models."swinv2-l"] layer_decay = 0.7``."""
+    targets: tuple[FinetuneTarget, ...] = ()
+    """``[[finetune.targets]]``: downstream data sets, each its own fine-tuning stage on every
+    pre-trained encoder (none: one target, ``data.finetune_train`` / ``data.finetune_val``)."""
 
     def __post_init__(self) -> None:
         check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        names = [t.name for t in self.targets]
+        dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        check(dup is None, "targets", f"two targets are named {dup!r}")
         check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
         check(self.accum_steps > 0, "accum_steps", f"must be > 0, got {self.accum_steps}")
         check(
@@ -559,10 +590,21 @@ class StudyConfig:
             rules.check_model_fits(model, pretrain, finetune, key, ratios)
             _check_batches(pretrain, finetune, self.resources.for_model(model))
         self._check_methods(ratios)
+        self._check_targets()
         try:
             self.tracking.resolved(self.name, self.output_dir)
         except ConfigError as err:
             raise ConfigError(f"tracking.{err.key}", err.message) from None
+
+    def _check_targets(self) -> None:
+        """Every target's recipe resolves for every model, fits it and splits its batch."""
+        if not self.finetune.enabled:
+            return
+        for key, target in self.targets():
+            for _, model in self._model_keys():
+                finetune = self.finetune_for_target(model, key, target)
+                rules.check_model_fits(model, self.pretrain_for(model), finetune, key)
+                _check_batches(self.pretrain_for(model), finetune, self.resources.for_model(model))
 
     def _model_keys(self) -> list[tuple[str, str]]:
         """(dotted key, model) of each model of the grid, first mention."""
@@ -589,6 +631,21 @@ class StudyConfig:
         """The pre-training recipe of ``model``: the study's, with its per-size overrides."""
         return _resolved(self.pretrain, model, "pretrain")
 
+    def targets(self) -> list[tuple[str, FinetuneTarget]]:
+        """(dotted key, target) of every fine-tuning target; the implicit one from ``data``."""
+        if self.finetune.targets:
+            return [(f"finetune.targets[{i}]", t) for i, t in enumerate(self.finetune.targets)]
+        d = self.data
+        implicit = FinetuneTarget(name=d.finetune_train, train=d.finetune_train, val=d.finetune_val)
+        return [("data.finetune_train", implicit)]
+
+    def finetune_for_target(self, model: str, key: str, target: FinetuneTarget) -> FinetuneConfig:
+        """The recipe of ``model`` on ``target``: study, per-size overrides, target overrides."""
+        base = dataclasses.replace(self.finetune_for(model), targets=())
+        if not target.recipe:
+            return base
+        return from_dict(FinetuneConfig, {**to_dict(base), **target.recipe}, f"{key}.recipe")
+
     def finetune_for(self, model: str) -> FinetuneConfig:
         """The fine-tuning recipe of ``model``: the study's, with its per-size overrides."""
         return _resolved(self.finetune, model, "finetune")
@@ -613,7 +670,10 @@ class StudyConfig:
         tracking = self.tracking.resolved(self.name, self.output_dir)
         out = []
         g = self.grid
-        for (m, d, it, meth), s, r in itertools.product(g.points(), g.seeds, ratios):
+        targets = self.targets()
+        for (m, d, it, meth), s, r, (key, t) in itertools.product(
+            g.points(), g.seeds, ratios, targets
+        ):
             recipes_of = {
                 "pretrain": self.pretrain_for(m),
                 "mae": self.recipe_for("mae", m),
@@ -629,9 +689,12 @@ class StudyConfig:
                     iterations=it,
                     seed=s,
                     method=meth,
-                    data_config=self.data,
+                    data_config=dataclasses.replace(
+                        self.data, finetune_train=t.train, finetune_val=t.val
+                    ),
                     **recipes_of,
-                    finetune=self.finetune_for(m),
+                    finetune=self.finetune_for_target(m, key, t),
+                    target=t.name,
                     diagnostics=self.diagnostics,
                     resources=self.resources.for_model(m),
                     tracking=tracking,
@@ -672,6 +735,8 @@ class CellConfig:
     """The study's trackers, resolved (project named, local MLflow store as a URI)."""
     method: str = "simmim"
     """MIM method of the pre-training (``scaling.model.methods.METHODS``)."""
+    target: str = ""
+    """Name of the fine-tuning target (``''``: ``data.finetune_train``)."""
     mae: MAEConfig = field(default_factory=MAEConfig)
     """MAE's recipe, resolved for the model (read when ``method`` is ``mae``)."""
     localmim: LocalMIMConfig = field(default_factory=LocalMIMConfig)
@@ -709,6 +774,7 @@ class CellConfig:
             "seed": self.seed,
             "mask_ratio": self.mask_ratio,
             "method": self.method,
+            "target": self.target or self.data_config.finetune_train,
         }
 
     def subsets(self) -> list[str]:

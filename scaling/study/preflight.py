@@ -81,10 +81,13 @@ def ensure_demo(study: StudyConfig) -> bool:
 def _subset_keys(study: StudyConfig) -> dict[str, str]:
     """The dotted key that names each subset first (for located errors)."""
     keys = {name: f"grid.data[{i}]" for i, name in enumerate(study.grid.data)}
-    for field in ("val", "finetune_train", "finetune_val"):
-        if field.startswith("finetune") and not study.finetune.enabled:
-            continue
-        keys.setdefault(getattr(study.data, field), f"data.{field}")
+    keys.setdefault(study.data.val, "data.val")
+    if study.finetune.enabled:
+        for key, target in study.targets():
+            train_key = "data.finetune_train" if key.startswith("data") else f"{key}.train"
+            val_key = "data.finetune_val" if key.startswith("data") else f"{key}.val"
+            keys.setdefault(target.train, train_key)
+            keys.setdefault(target.val, val_key)
     return keys
 
 

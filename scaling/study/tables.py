@@ -86,6 +86,7 @@ CELL_COLUMNS: dict[str, pa.DataType] = {
     **{k: v for k, v in PRETRAIN_COLUMNS.items() if k not in ("stage_id", "trunk_id")},
     "finetune_top1": pa.float64(),
     "finetune_top5": pa.float64(),
+    "target": pa.string(),
 }
 CURVE_COLUMNS: dict[str, pa.DataType] = {
     "cell_id": pa.string(),

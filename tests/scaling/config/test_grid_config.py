@@ -195,3 +195,56 @@ def test_warmup_in_steps_or_as_a_fraction(tmp_path: Path) -> None:
         f"study.toml:{_line(text, 'milestones = ')}: pretrain.milestones: the first milestone "
         "(step 6) falls inside the warm-up (7 steps) for grid.iterations[0] = 8"
     ), err
+
+
+TARGETS = """
+[[finetune.targets]]
+name = "small"
+train = "demo-25pct"
+val = "demo-val"
+
+[[finetune.targets]]
+name = "half"
+train = "demo-50pct"
+val = "demo-val"
+
+[finetune.targets.recipe]
+layer_decay = 0.6
+"""
+
+
+def test_finetune_targets_multiply_the_cells_not_the_pretraining(tmp_path: Path) -> None:
+    from scaling.config.identity import finetune_id, pretrain_id
+
+    study = _load(tmp_path, HEAD + PRODUCT + TARGETS)
+    cells = study.cells()
+    assert len(cells) == 16  # 8 grid points × 2 targets
+    by_target = {t: [c for c in cells if c.target == t] for t in ("small", "half")}
+    half = by_target["half"][0]
+    assert half.data_config.finetune_train == "demo-50pct" and half.finetune.layer_decay == 0.6
+    assert by_target["small"][0].finetune.layer_decay == 0.75
+    assert half.row_fields()["target"] == "half"
+    digests = {n: "0" * 32 for c in cells for n in c.subsets()}
+    small = by_target["small"][0]
+    assert pretrain_id(small, digests) == pretrain_id(half, digests)  # one encoder
+    assert finetune_id(small, digests) != finetune_id(half, digests)  # two fine-tunes
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("layer_decay = 0.6", "layer_decay = 1.6"),
+         r"finetune\.targets\[1\]\.recipe\.layer_decay: must be in \(0, 1\], got 1\.6"),
+        (('name = "half"', 'name = "small"'), r"finetune\.targets: two targets are named 'small'"),
+        (('name = "half"', 'name = "a b"'), r"finetune\.targets\[1\]\.name: must be letters"),
+        (("layer_decay = 0.6", "models = {}"),
+         r"finetune\.targets\[1\]\.recipe\.models: cannot be set per target"),
+    ],
+)  # fmt: skip
+def test_finetune_target_mistakes_are_located(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    text = HEAD + PRODUCT + TARGETS.replace(*change)
+    err = _error(tmp_path, text)
+    assert re.search(message, err), err
+    assert re.search(r"study\.toml:\d+: ", err), err

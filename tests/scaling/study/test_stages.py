@@ -184,3 +184,39 @@ def test_a_longer_length_continues_from_the_longest_prefix(
     ref = ResultStore(load_study(alone_path).output_dir).stage_row("pretrain", longest.stage_id)
     for key in ("train_loss", "val_loss"):
         assert longest[key] == ref[key], key
+
+
+def test_finetune_targets_are_stages_and_a_new_one_runs_alone(
+    tmp_path: Path, demo_dir: Path, local_ray: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """[[finetune.targets]]: one row per (pre-training, target); adding a target to a
+    finished study runs only its fine-tuning stage."""
+    target = {"train": "demo-25pct", "val": "demo-val"}
+    tables = tiny_tables(
+        demo_dir, tmp_path / "targets", grid={"iterations": [4]}, pretrain=SHARED,
+        finetune={**FINETUNE, "targets": [{"name": "quarter", **target}]},
+    )  # fmt: skip
+    path = write_study(tmp_path / "targets.toml", tables)
+    assert main(["run", str(path), "--no-report"]) == 0
+    capsys.readouterr()
+    store = ResultStore(load_study(path).output_dir)
+    pre = sorted(Path(store.path("stages/pretrain")).rglob("result.parquet"))
+    before = {p: p.read_bytes() for p in pre}
+
+    second = {
+        "name": "half",
+        "train": "demo-50pct",
+        "val": "demo-val",
+        "recipe": {"layer_decay": 0.6},
+    }
+    tables["finetune"]["targets"].append(second)
+    write_study(path, tables)
+    assert main(["run", str(path), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "2 cells = 1 pre-training + 2 fine-tuning stages, 2 complete, 1 to run" in out
+    assert {p: p.read_bytes() for p in pre} == before
+    cells = store.read_table("cells.parquet").to_pandas().set_index("target")
+    assert sorted(cells.index) == ["half", "quarter"]
+    assert cells.pretrain_id.nunique() == 1 and cells.finetune_id.nunique() == 2
+    assert cells.val_loss.nunique() == 1  # one encoder, scored once
+    assert (cells.status == "complete").all()
