@@ -137,6 +137,7 @@ def status_command(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from scaling.config.identity import cell_digests, study_subsets
+    from scaling.study.live import format_totals, study_totals
     from scaling.study.stages import build_graph
     from scaling.study.status import format_status, study_status
     from scaling.study.store import ResultStore
@@ -155,6 +156,7 @@ def status_command(args: argparse.Namespace) -> int:
             "cells": [{"cell_id": ft or pt, "pretrain_id": pt, "finetune_id": ft}
                       for _, pt, ft in graph.cells],
             "missing_manifests": missing,
+            "totals": asdict(study_totals(rows)),
         }  # fmt: skip
         print(json.dumps(report, indent=2))
         return 0
@@ -165,6 +167,7 @@ def status_command(args: argparse.Namespace) -> int:
             f"{', '.join(missing)}"
         )
     print(format_status(rows))
+    print(format_totals(study_totals(rows)))  # GPU-hours so far, ETA from measured pace
     return 0
 
 

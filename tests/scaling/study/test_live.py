@@ -148,3 +148,21 @@ def test_progress_carries_speed_and_status_shows_it(
     run_stage("pretrain", stage.stage_id, dataclasses.replace(cell), store)
     (row,) = study_status(store, graph, running=())
     assert row.state == "done" and row.wall_s > 0 and row.gpu_hours == 0.0 and row.log is None
+
+
+def test_status_prints_the_totals_line(demo_dir: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    from study_helpers import tiny_tables, write_study
+
+    from scaling.cli import main
+
+    study = write_study(tmp_path / "s.toml", tiny_tables(demo_dir, tmp_path / "out"))
+    assert main(["status", str(study)]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == (
+        "1 stages: 1 pending · GPU-hours 0 · ETA unknown until a stage has measured its speed"
+    )
+    assert main(["status", str(study), "--json"]) == 0
+    totals = json.loads(capsys.readouterr().out)["totals"]
+    assert totals["eta_s"] is None and totals["unmeasured"] == 1
