@@ -449,8 +449,9 @@ class ResourcesConfig:
     """Memory of one GPU in GB as sold (default for every model)."""
     parallelism: str = "ddp"
     """``ddp`` or ``fsdp`` (default for every model)."""
-    models: dict[str, CellResources] = field(default_factory=dict)
-    """Per-model overrides, e.g. ``[resources.models."swinv2-g"] gpus = 1, workers = 8``."""
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-model overrides of the fields above, e.g. ``[resources.models."swinv2-g"]
+    workers = 32``; a field not given there is the study's."""
     max_concurrent: int = 0
     """Cells running at once (0: as many as the cluster fits)."""
     max_failures: int = 3
@@ -458,6 +459,8 @@ class ResourcesConfig:
 
     def __post_init__(self) -> None:
         self._default()
+        for model in self.models:
+            self.for_model(model)  # each override resolves (errors keyed models.<size>.<key>)
         check(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
 
     def _default(self) -> CellResources:
@@ -470,7 +473,12 @@ class ResourcesConfig:
         )
 
     def for_model(self, model: str) -> CellResources:
-        return self.models.get(model, self._default())
+        """The study's resources with ``model``'s overrides."""
+        default = self._default()
+        overrides = self.models.get(model)
+        if not overrides:
+            return default
+        return from_dict(CellResources, {**to_dict(default), **overrides}, f"models.{model}")
 
 
 TRACKING_WANDB = ("off", "offline", "online")

@@ -130,6 +130,12 @@ def plan_command(args: argparse.Namespace) -> int:
         print(json.dumps(plan.to_json(), indent=2))
     else:
         print(format_plan(plan))
+    if plan.memory_problems:  # the whole plan is printed first: it shows what to change
+        n = len(plan.memory_problems)
+        raise UsageError(
+            f"{plan.source}: resources.gpu_memory_gb: {n} cell{'s' * (n > 1)} cannot fit the "
+            f"GPU memory; first: {plan.memory_problems[0]}"
+        )
     return 0
 
 

@@ -82,6 +82,13 @@ def test_per_model_resources(tmp_path: Path, tables: dict[str, Any]) -> None:
     study = load_study(path)
     assert study.cells()[0].resources.workers == 2
     assert study.resources.for_model("swinv2-micro").workers == 1
+    # a field the per-model table does not give is the study's (e.g. gpu_memory_gb)
+    wide = load_study(path, ["resources.gpu_memory_gb=141", "resources.parallelism='fsdp'"])
+    nano = wide.resources.for_model("swinv2-nano")
+    assert (nano.workers, nano.gpu_memory_gb, nano.parallelism) == (2, 141.0, "fsdp")
+    path.write_text(text + "gpus = -1\n")
+    with pytest.raises(ConfigError, match=r"resources\.models\.swinv2-nano\.gpus: must be >= 0"):
+        load_study(path)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,19 @@ def test_flops_and_params_are_cached_on_disk(
     assert plan._params_m("swinv2-nano", 32) > 1.0
     with pytest.raises(AssertionError, match="recomputed"):
         plan._flops_per_image("swinv2-nano", 64, 8)  # another size: not cached
+
+
+def test_plan_refuses_cells_that_do_not_fit_the_gpu(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without the per-size activation checkpointing of studies/paper.toml, SwinV2-L and -H
+    cannot fine-tune at their batch per GPU in 80 GB: plan prints the plan, then exits 2."""
+    assert main(["plan", str(PAPER), "--set", "pretrain.models={}"]) == 2
+    captured = capsys.readouterr()
+    assert "does not fit: cell swinv2-l × in1k-10pct × 125000" in captured.out
+    assert re.search(
+        r"error: .*paper\.toml: resources\.gpu_memory_gb: 27 cells cannot fit the GPU memory; "
+        r"first: cell swinv2-l × in1k-10pct × 125000 \(seed 0\): needs \d+\.\d GiB per GPU of 80",
+        captured.err,
+    ), captured.err
+    assert main(["plan", str(PAPER)]) == 0  # as shipped, every cell fits
+    assert main(["plan", str(PAPER), "--set", "pretrain.models={}",
+                 "--set", "resources.gpu_memory_gb=141"]) == 0  # fmt: skip
