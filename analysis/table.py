@@ -27,6 +27,8 @@ cell_id             text      unique id; generated from model/data/iterations if
 seed                number    replicate seed: several seeds of one (model, data,
                               iterations) are aggregated (mean ± sd per cell)
 status              text      only ``complete`` rows enter the fits
+method              text      MIM method (``simmim`` when absent): a grouping, see
+                              :mod:`analysis.proxies`
 train_loss          number    training loss at the end of pre-training (≥ 0)
 finetune_top5       number    fine-tuned top-5 accuracy, percent
 batch_size, epochs_seen, pretrain_flops, gpu_hours, wall_s: number (≥ 0), shown in the table
@@ -36,6 +38,10 @@ Curves columns (long format, one row per logged point): ``cell_id`` (text), ``ph
 (``pretrain``/``finetune``), ``step`` (number), ``split`` (``train``/``val``), ``metric``
 (e.g. ``loss``), ``value`` (number), optional ``lr`` (number). Only pre-training
 ``loss`` points of complete cells are used.
+
+A study directory's ``diagnostics.parquet`` (long format: ``cell_id``, ``layer``, ``head``,
+``other``, ``metric``, ``value``; summary scalars at layer −1) feeds the proxy ranking and
+the per-layer diagnostics figure.
 
 Every problem raises :class:`AnalysisError` naming the file and where in it: the CSV
 line (the header is line 1) or the Parquet/DataFrame row index (from 0).
