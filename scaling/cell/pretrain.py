@@ -147,7 +147,10 @@ class Pretrain(PhaseRunner):
             **common,
         )
         self.val_loader = build_val_loader(
-            manifest=data.manifest(data.val), limit=p.val_limit or None, **common
+            manifest=data.manifest(data.val),
+            limit=p.val_limit or None,
+            max_bad_fraction=p.max_bad_fraction,
+            **common,
         )
         return loader
 
@@ -210,6 +213,8 @@ class Pretrain(PhaseRunner):
             "n_train_images": manifest_info(cell.data_config.manifest(cell.data))[0],
             "params_m": count_params_m(cell.model, img_size=p.image_size),
             "flops": flops * p.batch_size * cell.iterations,
+            # distinct unreadable validation images (the same ones at every evaluation)
+            "bad_val_images": self.val_loader.num_bad_images,
         }
         encoder = {k: v.cpu() for k, v in model.encoder.state_dict().items()}
         return result, {"encoder": encoder}

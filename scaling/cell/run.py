@@ -182,6 +182,7 @@ def _pretrain(
         "gpu_hours": r["wall_s"] * gpus / 3600.0,
         "wall_s": r["wall_s"],
         "bad_images": r["bad_images"],
+        "bad_val_images": r.get("bad_val_images", 0),
         "error": None,
     }
     return row, out.points

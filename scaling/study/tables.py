@@ -40,6 +40,7 @@ PRETRAIN_COLUMNS: dict[str, pa.DataType] = {
     "gpu_hours": pa.float64(),
     "wall_s": pa.float64(),
     "bad_images": pa.int64(),
+    "bad_val_images": pa.int64(),
     "error": pa.string(),
     "trunk_id": pa.string(),
     "fork_step": pa.int64(),
@@ -131,6 +132,8 @@ def cell_row(
         row["status"], row["error"] = "failed", failed[0].get("error")
     elif len(stages) == expected and all(s.get("status") == "complete" for s in stages):
         row["status"] = "complete"
+    elif any(s.get("status") == "interrupted" for s in stages):
+        row["status"] = "interrupted"  # stopped by Ctrl-C / SIGTERM; the next run resumes it
     else:
         row["status"] = "pending"
     for key in ("wall_s", "gpu_hours", "bad_images"):

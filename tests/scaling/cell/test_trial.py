@@ -279,3 +279,26 @@ def test_a_cell_reads_packed_data(tiny_cell, demo_dir: Path, tmp_path: Path) -> 
         3,
         4,
     ]
+
+
+def test_bad_validation_images_are_counted(tiny_cell, demo_dir: Path, tmp_path: Path) -> None:
+    """A zero-byte validation image is replaced (as in training) and counted separately."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "demo"
+    shutil.copytree(demo_dir, root)
+    val = pq.read_table(root / "manifests" / "demo-val.parquet").to_pydict()
+    first = min(range(len(val["key"])), key=val["key"].__getitem__)  # val_limit keeps the
+    (root / val["path"][first]).write_bytes(b"")  # smallest keys
+    cell = tiny_cell(iterations=2, finetune={"enabled": False})
+    cell = dataclasses.replace(
+        cell,
+        data_config=dataclasses.replace(
+            cell.data_config, root=str(root), manifest_dir=str(root / "manifests")
+        ),
+    )
+    row, store, _ = _run(cell, tmp_path)
+    stage = store.stage_row("pretrain", row["pretrain_id"])
+    assert stage["bad_val_images"] == 1 and stage["bad_images"] == 0
