@@ -86,6 +86,26 @@ def test_exported_encoders_and_classifiers_load_in_timm(finished, tmp_path: Path
                     model.forward_features(images), ours.forward_features(images)
                 )
                 torch.testing.assert_close(model(images), ours(images))
+        if entry["model"] == "swinv2-nano":  # a detection / segmentation backbone (README)
+            import timm
+
+            folder = Path(entry["encoder"])
+            cfg = json.loads((folder / "config.json").read_text())
+            overlay = {**cfg["pretrained_cfg"], "file": str(folder / "model.safetensors")}
+            backbone = timm.create_model(
+                cfg["architecture"],
+                pretrained=True,
+                pretrained_cfg_overlay=overlay,
+                features_only=True,
+                out_indices=(0, 1, 2, 3),
+                **cfg["model_args"],
+            )
+            maps = backbone(images)
+            assert [m.shape[1:] for m in maps] == [(8, 8, 32), (4, 4, 64), (2, 2, 128), (1, 1, 256)]
+            theirs, mine = backbone.state_dict(), ours.state_dict()
+            assert theirs and all(
+                torch.equal(v, mine[k.replace("layers_", "layers.")]) for k, v in theirs.items()
+            )  # the trained weights, under the feature wrapper's flattened names
         # the classifier: the fine-tuned weights, the fine-tuning build
         model, cfg = _timm_model(Path(entry["classifier"]))
         ft = store.read_bytes(f"stages/finetune/{cfg['mimscale']['finetune_id']}/finetune.pt")
