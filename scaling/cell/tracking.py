@@ -240,8 +240,14 @@ class StageTracker:
             "mlflow": lambda: _MLflow(cfg.mlflow or "", cfg.project, name, params),
             "wandb": lambda: _Wandb(cfg.wandb, self.root, cfg.project, name, params),
         }
-        self.backends = [makers[key]() for key in cfg.enabled]
-        log.info("stage %s tracked in %s", stage_id, ", ".join(cfg.enabled))
+        self.backends: dict[str, Any] = {}
+        for key in cfg.enabled:
+            try:
+                self.backends[key] = makers[key]()
+            except Exception as err:  # e.g. W&B online without a key: the stage goes on
+                log.warning("tracking.%s: cannot start (%s: %s); this stage goes on without "
+                            "it", key, type(err).__name__, err)  # fmt: skip
+        log.info("stage %s tracked in %s", stage_id, ", ".join(self.backends) or "nothing")
 
     def __call__(self, fields: dict[str, Any]) -> None:
         """Curves from one progress report: train loss, lr, images/s, new validation values."""
@@ -266,11 +272,11 @@ class StageTracker:
 
     def close(self, ok: bool) -> None:
         """End every run (finished or failed) and upload a remote output's files."""
-        for backend in self.backends:
+        for key, backend in self.backends.items():
             try:
                 backend.close(ok)
             except Exception as err:  # a tracker's failure never fails the stage
-                log.warning("closing tracker %s: %s", type(backend).__name__, err)
+                log.warning("tracking.%s: closing the run failed: %s", key, err)
         if self._upload is not None:
             self._upload(self.root)
             shutil.rmtree(self.root, ignore_errors=True)
@@ -279,8 +285,13 @@ class StageTracker:
         if not metrics:
             return
         self.step = max(self.step, step)
-        for backend in self.backends:
-            backend.log(metrics, step)
+        for key, backend in list(self.backends.items()):
+            try:
+                backend.log(metrics, step)
+            except Exception as err:  # a busy store, a lost server: never the stage's end
+                log.warning("tracking.%s: logging failed (%s: %s); dropped for this stage",
+                            key, type(err).__name__, err)  # fmt: skip
+                del self.backends[key]
 
 
 def _finite(value: Any) -> bool:

@@ -209,3 +209,25 @@ def test_a_local_mlflow_store_needs_a_local_output(tmp_path: Path) -> None:
     (cell, *_) = load_study(write_study(tmp_path / "s.toml", tables)).cells()
     assert cell.tracking.mlflow == f"sqlite:///{tmp_path / 'o'}/tracking/mlflow.db"
     assert cell.tracking.project == "tiny"
+
+
+def test_a_tracker_that_cannot_start_never_fails_the_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from scaling.cell.tracking import StageTracker
+
+    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: W&B online has no key
+    recipe = SimpleNamespace(batch_size=8, base_lr=1e-3, mask_ratio=0.6, schedule="cosine",
+                             image_size=32)  # fmt: skip
+    cell = SimpleNamespace(model="swinv2-nano", data="d", iterations=2, seed=0, pretrain=recipe)
+    cfg = TrackingConfig(wandb="online", tensorboard=True).resolved("p", str(tmp_path))
+    tracker = StageTracker(cfg, "pretrain", "s1", cell, local_root=str(tmp_path / "tracking"))
+    tracker({"phase": "pretrain", "step": 1, "train_loss": 0.5, "lr": 1e-3})
+    tracker.close(True)
+    assert list(tracker.backends) == ["tensorboard"]
+    assert "tracking.wandb: cannot start (UsageError" in caplog.text
+    assert "this stage goes on without it" in caplog.text
