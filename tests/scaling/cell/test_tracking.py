@@ -231,3 +231,19 @@ def test_a_tracker_that_cannot_start_never_fails_the_stage(
     assert list(tracker.backends) == ["tensorboard"]
     assert "tracking.wandb: cannot start (UsageError" in caplog.text
     assert "this stage goes on without it" in caplog.text
+
+
+@pytest.mark.slow
+def test_an_object_store_gets_the_stage_log_and_the_event_files(tiny_cell) -> None:
+    import pyarrow.fs as pafs
+
+    store = ResultStore("mock:///bucket/study")  # pyarrow's in-memory file system
+    cell = _tracked(tiny_cell, Path("/unused"), tensorboard=True)
+    cell = dataclasses.replace(cell, finetune=dataclasses.replace(cell.finetune, enabled=False))
+    sid = pretrain_id(cell, manifest_digests(cell))
+    run_stage("pretrain", sid, cell, store)
+    log = store.read_bytes(f"stages/pretrain/{sid}/log.txt").decode()
+    assert f"pretrain stage {sid} done" in log
+    found = store.fs.get_file_info(pafs.FileSelector(store.path("tracking"), recursive=True))
+    events = [i.path for i in found if "tfevents" in i.base_name]
+    assert len(events) == 1 and f"tensorboard/pretrain-swinv2-nano-demo-25pct-4-{sid}/" in events[0]
