@@ -67,13 +67,19 @@ def render_pngs(figures: dict[str, go.Figure]) -> dict[str, bytes]:
     try:
         with tempfile.TemporaryDirectory(prefix="mimscale-png-") as tmp:
             paths = [Path(tmp) / f"{name}.png" for name in figures]
+            heights = [fig.layout.height or style.FIG_HEIGHT for fig in figures.values()]
             pio.write_images(
-                list(figures.values()),
-                paths,
-                format="png",
-                width=style.PNG_WIDTH,
-                height=[fig.layout.height or style.FIG_HEIGHT for fig in figures.values()],
+                list(figures.values()), paths, format="png", width=style.PNG_WIDTH, height=heights
             )
+            # kaleido can drop a figure without an error when the browser is slow to answer
+            # (a loaded machine): render the missing ones again, one at a time
+            for _ in range(2):
+                for fig, path, height in zip(figures.values(), paths, heights, strict=True):
+                    if not path.exists():
+                        log.info("rendering %s again", path.name)
+                        pio.write_image(
+                            fig, path, format="png", width=style.PNG_WIDTH, height=height
+                        )
             return {name: path.read_bytes() for name, path in zip(figures, paths, strict=True)}
     except AnalysisError:
         raise
