@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup quickstart test lint bench
+.PHONY: setup quickstart test test-fast lint bench
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -21,7 +21,10 @@ test: setup
 	bash scripts/ensure_chromium.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	BROWSER_PATH=$${BROWSER_PATH:-/usr/bin/chromium} $(BIN)/pytest -q
+	BROWSER_PATH=$${BROWSER_PATH:-/usr/bin/chromium} $(BIN)/pytest -q -m "slow or not slow"
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+test-fast: setup
+	BROWSER_PATH=$${BROWSER_PATH:-/usr/bin/chromium} $(BIN)/pytest -q
