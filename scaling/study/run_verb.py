@@ -236,7 +236,8 @@ def _run_grid(
     from scaling.study.live import LiveView, planned_gpu_hours
     from scaling.study.status import study_status
 
-    prepare_tracking(study.tracking)  # e.g. the MLflow experiment, once, not per stage
+    # e.g. the MLflow experiment (and a local store's database), once, not per stage
+    prepare_tracking(study.tracking.resolved(study.name, study.output_dir))
     # a terminal: the table redrawn in place; a log file: one line per event
     view = LiveView(planned_gpu_hours=planned_gpu_hours(study), compact_over=COMPACT_OVER)
 
