@@ -189,7 +189,10 @@ class LiveView:
         total = r.total_steps or r.iterations
         if r.state != "running" or not r.step or not total:
             return 0
-        return min(100, int(100 * r.step / total) // self.every_pct * self.every_pct)
+        pct = int(100 * r.step / total) // self.every_pct * self.every_pct
+        if pct >= 100:  # said by the "done" line: keep the last bucket said
+            return self._seen.get(r.stage_id, ("", 0))[1]
+        return pct
 
     def _event(self, r: StageStatus, before: str | None, pct: int) -> str | None:
         name = f"{r.kind} {r.stage_id} ({r.model} on {r.data}, {r.iterations} steps)"

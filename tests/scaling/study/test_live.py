@@ -81,6 +81,8 @@ def test_events_off_a_terminal_one_line_per_event() -> None:
         [earlier, _row("a", "running", step=260, total_steps=1000, eta_s=740.0,
                        images_per_s=512.0)],
         [earlier, _row("a", "running", step=270, total_steps=1000, eta_s=730.0)],  # still 25 %
+        [earlier, _row("a", "running", step=1000, total_steps=1000, eta_s=0.0)],  # 75 %: no
+
         [earlier, _row("a", "done", wall_s=1000.0, val_loss=0.4321, gpu_hours=2.2)],
     ]  # fmt: skip
     for rows in frames:
