@@ -150,7 +150,7 @@ def export_cell(store: Any, cell: Any, pretrain_id: str, finetune_id: str | None
                 pretrain_img_size=p.image_size,
             )
             top = {k: ft["result"].get(k) for k in ("top1", "top5")}
-            info = {**about, "finetune_id": finetune_id, "target": cell.data_config.finetune_train}
+            info = {**about, "finetune_id": finetune_id, "target": _target(cell)}
             _write(out / "classifier", classifier, {**config, "mimscale": info | top})
             entry["classifier"] = str(out / "classifier")
     return entry
@@ -161,7 +161,7 @@ def select(
 ) -> list[tuple[Any, str, str | None]]:
     """Cells ``(cell, pretrain_id, finetune_id)`` by id (a cell's, or either stage's; a
     unique prefix will do) or by ``where`` (``model``, ``data``, ``iterations``, ``seed``,
-    ``method`` = value); neither: every cell."""
+    ``method``, ``target`` = value); neither: every cell (one per pre-training × target)."""
     cells = list(graph.cells)
     if cell_id:
         hits = [c for c in cells if any(i and i.startswith(cell_id) for i in c[1:])]
@@ -173,13 +173,24 @@ def select(
     for key, value in (where or {}).items():
         if key not in WHERE_KEYS:
             raise ExportError(f"--where {key}={value}: unknown key; valid: {', '.join(WHERE_KEYS)}")
-        cells = [c for c in cells if str(getattr(c[0], key, "simmim")) == value]
+        cells = [c for c in cells if _value(c[0], key) == value]
     if not cells:
         raise ExportError("the selection names no cell of the study")
     return cells
 
 
-WHERE_KEYS = ("model", "data", "iterations", "seed", "method")
+WHERE_KEYS = ("model", "data", "iterations", "seed", "method", "target")
+
+
+def _value(cell: Any, key: str) -> str:
+    """A cell's value of a ``--where`` key, as text (the implicit target by its data)."""
+    if key == "target":
+        return _target(cell)
+    return str(getattr(cell, key, "simmim" if key == "method" else ""))
+
+
+def _target(cell: Any) -> str:
+    return getattr(cell, "target", "") or cell.data_config.finetune_train
 
 
 def parse_where(items: list[str]) -> dict[str, str]:

@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="cells whose model / data / iterations / seed / method match",
+        help="cells whose model / data / iterations / seed / method / target match",
     )
     p.add_argument("--out", type=Path, required=True, help="folder to write into")
     p.set_defaults(func=export_command)

@@ -130,6 +130,9 @@ def test_export_selects_by_cell_and_by_where(finished, tmp_path: Path) -> None:
     out = tmp_path / "b"
     assert main(["export", str(path), "--where", "model=vit-nano", "--out", str(out)]) == 0
     assert [e["model"] for e in json.loads((out / "index.json").read_text())] == ["vit-nano"]
+    out = tmp_path / "c"  # the implicit target is named by its data
+    assert main(["export", str(path), "--where", "target=demo-25pct", "--out", str(out)]) == 0
+    assert len(json.loads((out / "index.json").read_text())) == 2
 
 
 @pytest.mark.parametrize(
@@ -137,6 +140,7 @@ def test_export_selects_by_cell_and_by_where(finished, tmp_path: Path) -> None:
     [
         (["--cell", "ffffffffff"], "--cell ffffffffff: no cell or stage of the study has that id"),
         (["--where", "size=b"], "--where size=b: unknown key; valid: model, data, iterations"),
+        (["--where", "target=inat18"], "the selection names no cell of the study"),
         (["--where", "model"], "--where 'model': expected KEY=VALUE"),
         (["--where", "model=swinv2-b"], "the selection names no cell of the study"),
     ],
