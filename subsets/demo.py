@@ -7,10 +7,16 @@ decode path is exercised. Layout, like ImageNet's::
     OUT/train/n0000000<d>/digit_<i>.jpg        85% of the images, class folders
     OUT/val/demo_val_<j>.JPEG                  15% (every image i with i % 20 < 3), flat
     OUT/LOC_val_solution.csv                   ImageId,PredictionString ('<wnid> x0 y0 x1 y1')
-    OUT/manifests/demo-{100,50,25}pct.parquet, demo-val.parquet   (unless manifests=False)
+    OUT/manifests/demo-{100,50,25,10,1}pct.parquet, demo-val.parquet   (unless manifests=False)
     OUT/.mimscale-demo.json                    written last: the tree is complete
 
-:func:`build_demo` is idempotent: with the marker in place it does nothing.
+:func:`build_demo` is idempotent: with the marker and every manifest in place it does
+nothing; a tree built before a manifest was added gets the missing ones (the images and the
+manifests already there stay byte-identical: each manifest depends only on its own fraction).
+
+demo-10pct (155 images) and demo-1pct (17, about two per class) give the quickstart a data
+axis small enough to overfit on the CPU in a minute: a tiny model memorises 17 digits in
+about 800 steps of batch 16, where its val loss turns up (see studies/quickstart.toml).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import importlib.util
 import io
 import json
 import logging
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +41,9 @@ IMAGE_SIZE = 64
 JPEG_QUALITY = 95
 MARKER = ".mimscale-demo.json"
 VAL_EVERY, VAL_FIRST = 20, 3  # image i goes to val when i % 20 < 3: 15%
+# The source kind's defaults (100, 50, 25 %) and val, then the small fractions.
+DEMO_SUBSETS = ("demo-100pct", "demo-50pct", "demo-25pct", "demo-val")
+EXTRA_FRACTIONS = (Fraction(1, 10), Fraction(1, 100))
 
 
 def demo_wnid(digit: int) -> str:
@@ -101,11 +111,23 @@ def write_demo_tree(out_dir: Path) -> int:
     return len(images)
 
 
+def demo_manifest_names() -> list[str]:
+    """Stems of every manifest :func:`build_demo` writes, sorted."""
+    from subsets.registry import fraction_name
+
+    return sorted([*DEMO_SUBSETS, *(fraction_name("demo", f) for f in EXTRA_FRACTIONS)])
+
+
+def _manifests_complete(out_dir: Path) -> bool:
+    folder = out_dir / "manifests"
+    return all((folder / f"{name}.parquet").is_file() for name in demo_manifest_names())
+
+
 def build_demo(out_dir: str | Path, *, manifests: bool = True) -> Path:
     """Write the demo tree (and its manifests) under ``out_dir``; a no-op when complete."""
     out_dir = Path(out_dir).absolute()
     marker = _marker(out_dir)
-    if marker and (marker.get("manifests") or not manifests):
+    if marker and (not manifests or (marker.get("manifests") and _manifests_complete(out_dir))):
         logger.info("demo data set already complete in %s", out_dir)
         return out_dir
     if out_dir.exists() and not out_dir.is_dir():
@@ -119,6 +141,8 @@ def build_demo(out_dir: str | Path, *, manifests: bool = True) -> Path:
                 train=out_dir / "train",
                 val=out_dir / "val",
                 data_root=out_dir,
+                subsets=DEMO_SUBSETS,
+                fractions=EXTRA_FRACTIONS,
             )
         )
     marker = {"version": DEMO_VERSION, "images": count, "manifests": manifests}

@@ -14,7 +14,7 @@ from subsets.demo import build_demo, demo_wnid
 from subsets.manifest import read_manifest
 from subsets.verify import verify_manifest
 
-DEMO_MANIFESTS = ["demo-100pct", "demo-25pct", "demo-50pct", "demo-val"]
+DEMO_MANIFESTS = ["demo-100pct", "demo-10pct", "demo-1pct", "demo-25pct", "demo-50pct", "demo-val"]
 
 
 def test_demo_tree_and_manifests(demo_dir: Path) -> None:
