@@ -1,16 +1,17 @@
 """Experiment trackers of a stage — TensorBoard, MLflow, Weights & Biases — and its speed.
 
 Rank 0 of every stage (one process or many) opens a :class:`StageTracker` for the
-trackers the study's ``[tracking]`` switches on, each through its library's own API:
-``torch.utils.tensorboard.SummaryWriter`` (event files, no server), ``MlflowClient`` (a
-local file store or a server) and ``wandb.init`` (``offline`` writes files and needs no
-network). The tracker is a :data:`~scaling.cell.context.Reporter`: it sees the progress
-a phase reports once per log interval (train loss, lr, images/s, the last validation
-values with their step) and logs them as curves; at the end it logs the stage's final
-metrics and closes the run as finished or failed. A retried stage continues the same
-MLflow / W&B run (found by its stage id). Output goes under
-``<output_dir>/tracking/``; for an object-store output it is written to a local
-folder and uploaded when the stage ends.
+trackers the study's ``[tracking]`` switches on, each through its library's own API
+(:mod:`scaling.cell.trackers`): ``torch.utils.tensorboard.SummaryWriter`` (event files, no
+server), ``MlflowClient`` (a local SQLite store or a server) and ``wandb.init``
+(``offline`` writes files and needs no network). The tracker is a
+:data:`~scaling.cell.context.Reporter`: it sees the progress a phase reports once per log
+interval (train loss, lr, images/s, a ``grad_norm`` once the loop reports one, the last
+validation values with their step) and logs them as curves; at the end it logs the
+stage's final metrics and closes the run as finished or failed. A retried stage continues
+the same MLflow / W&B run (found by its stage id). Output goes under
+``<output_dir>/tracking/``; for an object-store output it is written to a local folder
+and uploaded when the stage ends.
 
 :class:`Throughput` measures a phase's images/s and the time to its last step.
 """
@@ -172,7 +173,8 @@ class StageTracker:
             return
         if step > self._train_step:  # the end of a phase repeats its last log
             self._train_step = int(step)
-            names = {"train_loss": "train/loss", "lr": "lr", "images_per_s": "images_per_s"}
+            names = {"train_loss": "train/loss", "lr": "lr", "images_per_s": "images_per_s",
+                     "grad_norm": "train/grad_norm"}  # fmt: skip
             self._log({n: fields[k] for k, n in names.items() if _finite(fields.get(k))}, step)
         val_step = fields.get("val_step")
         if val_step is not None and val_step != self._val_step:

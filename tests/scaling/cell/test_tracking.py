@@ -247,3 +247,38 @@ def test_an_object_store_gets_the_stage_log_and_the_event_files(tiny_cell) -> No
     found = store.fs.get_file_info(pafs.FileSelector(store.path("tracking"), recursive=True))
     events = [i.path for i in found if "tfevents" in i.base_name]
     assert len(events) == 1 and f"tensorboard/pretrain-swinv2-nano-demo-25pct-4-{sid}/" in events[0]
+
+
+def test_each_report_becomes_curves_at_their_steps(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from scaling.cell.tracking import StageTracker
+
+    recipe = SimpleNamespace(batch_size=8, base_lr=1e-3, mask_ratio=0.6, schedule="cosine",
+                             image_size=32)  # fmt: skip
+    cell = SimpleNamespace(model="swinv2-nano", data="d", iterations=6, seed=0, pretrain=recipe)
+    cfg = TrackingConfig(tensorboard=True, run_name="{stage_id}").resolved("p", str(tmp_path))
+    tracker = StageTracker(cfg, "finetune", "s1", cell, local_root=str(tmp_path / "t"))
+    reports = [
+        {"phase": "finetune", "step": 2, "train_loss": 2.0, "lr": 0.1, "grad_norm": 3.0},
+        {"phase": "finetune", "step": 4, "train_loss": 1.5, "finetune_top1": 40.0,
+         "finetune_top5": 90.0, "val_step": 3, "val_loss": 0.7},  # val_loss: the encoder's
+        {"phase": "finetune", "step": 4, "train_loss": 9.0, "finetune_top1": 40.0,
+         "val_step": 3},  # the end of a phase repeats its last log: nothing new
+        {"phase": "finetune", "step": 6, "train_loss": float("nan"), "finetune_top1": 50.0,
+         "val_step": 6},
+    ]  # fmt: skip
+    for fields in reports:
+        tracker(fields)
+    tracker.final({"finetune_top1": 50.0, "wall_s": 1.0, "val_loss": None})
+    tracker.close(True)
+    acc = EventAccumulator(str(tmp_path / "t" / "tensorboard" / "s1"))
+    acc.Reload()
+    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    assert scalars["train/loss"] == [(2, 2.0), (4, 1.5)]
+    assert scalars["train/grad_norm"] == [(2, 3.0)]
+    assert scalars["val/top1"] == [(3, 40.0), (6, 50.0)] and scalars["val/top5"] == [(3, 90.0)]
+    assert "val/loss" not in scalars  # a fine-tune's progress carries its encoder's val loss
+    assert scalars["final/finetune_top1"] == [(6, 50.0)] and "final/val_loss" not in scalars
