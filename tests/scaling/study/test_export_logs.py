@@ -207,3 +207,13 @@ def test_follow_prints_a_growing_log_until_the_result(tmp_path: Path) -> None:
     text = "".join(chunks)
     assert "line 0\nline 1\nline 2\n" in text and len(chunks) > 3  # in pieces, as it grew
     assert text.index("line 2") < text.index("log.rank1.txt <==\nrank 1 crashed")
+
+
+def test_logs_of_a_stage_that_has_not_run(planned: Path, capsys) -> None:
+    graph = study_graph(load_study(planned))
+    (_, pid, _), _ = graph.cells
+    assert main(["logs", str(planned), pid]) == 0
+    out = capsys.readouterr().out
+    assert f"==> pretrain stage {pid}: no log yet (" in out
+    assert main(["logs", str(planned), pid, "--poll", "0"]) == 2
+    assert "--poll: must be in (0, 60] seconds, got 0.0" in capsys.readouterr().err
