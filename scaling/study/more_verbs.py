@@ -104,9 +104,11 @@ def logs_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from scaling.study.export import export_study, parse_where, select
+    from scaling.study.export import ExportError, export_study, parse_where, select
 
     where = parse_where(args.where)  # every check before anything is read or written
+    if args.out.exists() and not args.out.is_dir():
+        raise ExportError(f"--out {args.out}: is a file, not a folder")
     _, store, graph = _open(args)
     cells = select(graph, cell_id=args.cell, where=where)
     entries = export_study(store, cells, args.out)

@@ -154,6 +154,12 @@ def test_export_errors_name_the_flag_and_write_nothing(
     assert not (tmp_path / "x").exists()
 
 
+def test_export_into_a_file_is_refused(planned: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "x").write_text("not a folder")
+    assert main(["export", str(planned), "--out", str(tmp_path / "x")]) == 2
+    assert f"--out {tmp_path / 'x'}: is a file, not a folder" in capsys.readouterr().err
+
+
 def test_export_before_anything_finished(planned: Path, tmp_path: Path, capsys) -> None:
     assert main(["export", str(planned), "--out", str(tmp_path / "x")]) == 2
     assert "none of the 2 selected cells has finished pre-training" in capsys.readouterr().err
