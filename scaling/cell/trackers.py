@@ -19,6 +19,9 @@ def experiment(uri: str, project: str) -> tuple[Any, str]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    if not uri:  # MLflow would fall back to ./mlflow.db in whatever folder this runs in
+        raise ValueError('no MLflow tracking URI (an unresolved tracking.mlflow = "")')
+
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
