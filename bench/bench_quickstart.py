@@ -67,6 +67,24 @@ def run_counting_cpu(cmd: list[str]) -> tuple[subprocess.CompletedProcess[str], 
     return done, sum(seen.values())
 
 
+def findings(fits_path: Path) -> str:
+    """The two findings the quickstart is meant to show, from its report's fits.json."""
+    import json
+
+    try:
+        fits = json.loads(fits_path.read_text())
+        overall = fits["correlation"]["overall"]
+        pairs = fits["overfitting"]["by_model_data"]
+    except (OSError, ValueError, KeyError) as err:
+        return f"unreadable ({err})"
+    overfit = [f"{r['model']} × {r['data']}" for r in pairs if r["overfits"]]
+    return (
+        f"val loss ↔ top-1 Pearson {overall['pearson']['r']:+.3f}, "
+        f"Spearman {overall['spearman']['r']:+.3f} (n={overall['n']}); "
+        f"overfitting in {len(overfit)} of {len(pairs)} pairs ({', '.join(overfit) or 'none'})"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", type=float, default=180.0, help="seconds (default 180)")
@@ -115,6 +133,7 @@ def main() -> int:
     print(f"  cells          {done}/{total} complete")
     print(f"  {grid_line}")
     print(f"  report         {'written' if report.exists() else 'missing'}")
+    print(f"  findings       {findings(out / 'report' / 'fits.json')}")
     print(f"  cpus           {os.cpu_count()}")
     print(
         f"  cpu time       {cpu_s:.0f} s of all its processes → {cpu_s / os.cpu_count():.0f} s "
