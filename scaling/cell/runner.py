@@ -15,6 +15,7 @@ back in :class:`PhaseOutput` rather than writing them into shared state.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -253,9 +254,16 @@ class PhaseRunner:
             )
 
     def _loop(self, model: nn.Module, optimizer: Any, scaler: Any) -> Phase:
+        grad_norm: list[float] = [math.nan]
+
+        def keep_grad_norm(step: int, norm: float) -> None:
+            grad_norm[0] = norm
+
         def log(step: int, loss: float, lr: float) -> None:
             self.add(step, "train", "loss", loss, lr)
             self.speed = {**self.throughput.tick(step), "wall_s": self.wall_s}
+            if math.isfinite(grad_norm[0]):  # the trackers log it as train/grad_norm
+                self.speed["grad_norm"] = grad_norm[0]
             self.on_log(step, loss, lr)
 
         def resumable(step: int, window: list[float]) -> None:
@@ -288,4 +296,5 @@ class PhaseRunner:
             checkpoint=resumable,
             after_step=lambda s: maybe_inject_fault(self.phase, s, self.ctx.stage_id),
             save_at=frozenset(self.seeds),
+            log_grad_norm=keep_grad_norm,
         )

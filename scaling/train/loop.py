@@ -123,26 +123,39 @@ class LossWindow:
     """
 
     def __init__(self, values: list[float] | None = None) -> None:
-        self._pending: list[tuple[int, torch.Tensor]] = []
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         self._values: list[float] = list(values or [])
         """Losses read since the last ``mean``: a checkpoint keeps them (:meth:`state`)."""
+        self._norms: list[float] = []
+        """Gradient norms read since the last ``mean`` (logged, not checkpointed)."""
 
-    def add(self, step: int, loss: torch.Tensor) -> None:
-        self._pending.append((step, loss))
+    def add(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | None = None) -> None:
+        if grad_norm is None:
+            norm = loss.new_full((), math.nan)
+        else:  # FSDP2 clips to a DTensor: its whole value (every rank calls this)
+            norm = getattr(grad_norm, "full_tensor", lambda: grad_norm)().detach()
+        self._pending.append((step, loss, norm))
 
     def read(self) -> None:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        stacked = torch.stack([loss for _, loss in pending]).double()
+        # losses and gradient norms in one transfer: (n, 2)
+        stacked = torch.stack([torch.stack([v, n.float()]) for _, v, n in pending]).double()
         if distributed():
             dist.all_reduce(stacked)
             stacked /= dist.get_world_size()
-        values = stacked.tolist()
-        for (step, _), value in zip(pending, values, strict=True):
+        rows = stacked.tolist()
+        for (step, _, _), (value, _) in zip(pending, rows, strict=True):
             if not math.isfinite(value):
                 raise NonFiniteLoss(step, value)
-        self._values.extend(values)
+        self._values.extend(value for value, _ in rows)
+        self._norms.extend(norm for _, norm in rows if math.isfinite(norm))
+
+    def grad_norm(self) -> float:
+        """Mean gradient norm of the window (NaN without one); :meth:`mean` clears it."""
+        self.read()
+        return sum(self._norms) / len(self._norms) if self._norms else math.nan
 
     def state(self) -> list[float]:
         """The losses of the current log window (read first): what resume needs to log the
@@ -155,6 +168,7 @@ class LossWindow:
         self.read()
         value = sum(self._values) / max(len(self._values), 1)
         self._values.clear()
+        self._norms.clear()
         return value
 
 
@@ -185,6 +199,8 @@ class Phase:
     checkpoint: Callable[[int, list[float]], None]
     """Called as ``checkpoint(step, losses of the open log window)`` at the checkpoint steps."""
     after_step: Callable[[int], None] = lambda step: None
+    log_grad_norm: Callable[[int, float], None] | None = None
+    """Called as ``log_grad_norm(step, mean gradient norm of the window)`` before ``log``."""
     save_at: frozenset[int] = frozenset()
     """Extra checkpoint steps (a trunk's fork steps, a stage's prefix step)."""
 
@@ -211,10 +227,12 @@ class Phase:
                 losses.read()
                 self.evaluate(step, lr)
             loss = accumulate(model, batches, self.accum_steps, self.loss_fn, scaler, device, dtype)
-            optimizer_step(model, optimizer, scaler, self.clip_grad)
-            losses.add(step, loss)
+            norm = optimizer_step(model, optimizer, scaler, self.clip_grad)
+            losses.add(step, loss, norm)
             step += 1
             if step % self.log_interval == 0 or step == self.iterations:
+                if self.log_grad_norm is not None:
+                    self.log_grad_norm(step, losses.grad_norm())
                 self.log(step, losses.mean(), lr)
             self.after_step(step)
             regular = self.checkpoint_interval and step % self.checkpoint_interval == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import math
 import traceback
 from typing import Any
 
@@ -202,3 +203,18 @@ def test_a_resumed_window_logs_the_same_mean() -> None:
         window=saved["window"],
     )  # fmt: skip
     assert logged["resumed"] == logged["straight"]  # bit for bit, both log steps
+
+
+def test_the_window_mean_gradient_norm_is_logged_without_extra_reads() -> None:
+    """The step's gradient norm travels with its loss (one transfer per log) and its window
+    mean is handed to ``log_grad_norm`` (the trackers' train/grad_norm)."""
+    model, optimizer, batches = _simmim()
+    norms: list[tuple[int, float]] = []
+    reads = HostReads()
+    with reads:
+        _phase(
+            [], iterations=8, log_interval=4, log_grad_norm=lambda s, n: norms.append((s, n))
+        ).run(model, optimizer, make_scaler(CPU, None), batches, step=0, device=CPU, dtype=None)
+    assert sum(reads.seen.values()) == 2, reads.seen
+    assert [s for s, _ in norms] == [4, 8]
+    assert all(math.isfinite(n) and n > 0 for _, n in norms)
