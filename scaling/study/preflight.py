@@ -226,11 +226,35 @@ def _same_group(a: dict[str, Any], b: dict[str, Any]) -> bool:
     }
 
 
+def check_batch_fits_data(study: StudyConfig, subsets: dict[str, SubsetInfo]) -> None:
+    """A subset must hold at least one global batch of the stage that trains on it (the
+    sampler would refuse it inside every trial); named by the subset's key and the batch."""
+    keys = _subset_keys(study)
+    for cell in study.cells():
+        needs = [(cell.data, cell.pretrain.batch_size, "pretrain.batch_size")]
+        if cell.finetune.enabled:
+            needs.append(
+                (cell.data_config.finetune_train, cell.finetune.batch_size, "finetune.batch_size")
+            )
+        for name, batch, batch_key in needs:
+            images = subsets[name].images
+            if images is not None and images < batch:
+                raise located(
+                    study,
+                    keys.get(name, "data"),
+                    f"{name} has {images} images, fewer than one global batch "
+                    f"({batch_key} = {batch} for {cell.model}); use a larger subset or a "
+                    f"smaller {batch_key}",
+                )
+
+
 def prepare_run(study: StudyConfig, store: ResultStore) -> RunSet:
     """Demo data, manifests, the stage graph, conflicts and the done/to-do split; writes no
     results (prefix seeding of a grown study happens in :func:`write_study_record`)."""
     ensure_demo(study)
-    graph = study_graph(study, check_manifests(study))
+    subsets = check_manifests(study)
+    check_batch_fits_data(study, subsets)
+    graph = study_graph(study, subsets)
     refuse_old_layout(study, store)
     problems = digest_conflicts(store, graph)
     if problems:

@@ -237,3 +237,21 @@ def _digests(study: Any) -> dict[str, str]:
     from scaling.config.identity import manifest_digests
 
     return manifest_digests(study.cells()[0])
+
+
+def test_a_subset_smaller_than_a_batch_is_refused_before_ray(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """demo-1pct holds 17 images: a global batch of 32 cannot be drawn from it."""
+    tables = tiny_tables(
+        data, tmp_path / "out", grid={"data": ["demo-1pct"]}, pretrain={"batch_size": 32}
+    )
+    path = write_study(tmp_path / "s.toml", tables)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    line = line_of_key(path, "grid", "data")
+    assert err.startswith(
+        f"error: {path}:{line}: grid.data[0]: demo-1pct has 17 images, fewer than one global "
+        "batch (pretrain.batch_size = 32 for swinv2-nano)"
+    ), err
+    assert not (tmp_path / "out").exists()
