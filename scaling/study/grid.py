@@ -115,6 +115,11 @@ class _Progress(Callback):
         self.retries: dict[str, int] = {}
         self._last = 0.0
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks into the experiment state: the driver-side hook (it
+        holds the console stream of the live view) stays out of the copy."""
+        return {**self.__dict__, "hook": None}
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.config["stage_id"])
 

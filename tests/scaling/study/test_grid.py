@@ -177,8 +177,8 @@ def test_concurrency_matches_the_cluster(tmp_path: Path, data: Path) -> None:
     assert placement(big).required_resources["CPU"] < 0.1
     with pytest.raises(
         ConfigError,
-        match=r"resources: a swinv2-nano cell needs 80 CPU, 8 GPU "
-        r"but the Ray cluster has 16 CPU, 0 GPU",
+        match=r"resources\.cpus: a swinv2-nano cell needs 80 CPU \(8 workers\) but the Ray "
+        r"cluster has 16; lower resources\.cpus or join a larger cluster \(--address\)",
     ):
         concurrency([big], cluster)
 
