@@ -59,7 +59,8 @@ def test_standard_fractions_select_exactly_as_before(tmp_path: Path, demo_dir: P
     demo = {
         p.stem: read_manifest_info(p).digest for p in (demo_dir / "manifests").glob("*.parquet")
     }
-    assert demo == GOLDEN_DEMO
+    # the demo's standard manifests select exactly as before (it has gained smaller ones)
+    assert {name: demo[name] for name in GOLDEN_DEMO} == GOLDEN_DEMO
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.2, 0.25, 0.5, 1.0])

@@ -221,8 +221,8 @@ def test_one_cell_on_cuda_bf16_channels_last_resumes(
 
 
 def test_missing_manifest_is_a_located_error(tiny_cell, tmp_path: Path) -> None:
-    cell = tiny_cell(data="demo-10pct")
-    with pytest.raises(Exception, match=r"data.manifest_dir: missing manifests: demo-10pct"):
+    cell = tiny_cell(data="demo-5pct")
+    with pytest.raises(Exception, match=r"data.manifest_dir: missing manifests: demo-5pct"):
         manifest_digests(cell)
 
 

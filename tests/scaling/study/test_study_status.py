@@ -93,9 +93,9 @@ def test_status_command(study_and_store, capsys: pytest.CaptureFixture[str]) -> 
     ]  # fmt: skip
     assert len(report["cells"]) == 5 and report["missing_manifests"] == []
     # a study whose manifests are not built yet: cells without stages, said so
-    assert main(["status", str(path), "--set", "grid.data=['demo-10pct']"]) == 0
+    assert main(["status", str(path), "--set", "grid.data=['demo-5pct']"]) == 0
     out = capsys.readouterr().out
-    assert "5 cells have no stages yet: missing manifests demo-10pct" in out
+    assert "5 cells have no stages yet: missing manifests demo-5pct" in out
 
 
 def test_trunks_branches_and_finetunes(tmp_path: Path, demo_dir: Path) -> None:
