@@ -1,10 +1,13 @@
-"""Shared fixtures: the embedded demo data set (built once per session) and tiny cells."""
+"""Shared fixtures: the embedded demo data set (built once per session), tiny cells, and a
+local S3 server."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,3 +60,55 @@ def tiny_cell(demo_dir: Path):
         )
 
     return make
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Server:
+    """A local S3 server (moto) on 127.0.0.1, reached over HTTP as MinIO or AWS would be."""
+
+    endpoint: str
+    """``http://127.0.0.1:<port>``."""
+    env: dict[str, str]
+    """``AWS_*`` variables that reach it (the ``s3_server`` fixture sets them for the test, so
+    pyarrow, boto3, Ray and child processes find it)."""
+
+    def client(self) -> Any:
+        """A boto3 S3 client of this server."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint)
+
+    def bucket(self, name: str) -> str:
+        """Make an empty bucket ``name``; returns its URI ``s3://<name>``."""
+        self.client().create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """The object keys in ``bucket`` under ``prefix``, sorted."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        found = (o["Key"] for page in pages for o in page.get("Contents", []))
+        return sorted(k for k in found if k.startswith(prefix))
+
+
+@pytest.fixture
+def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    """A fresh local S3 server with no buckets (make them with ``.bucket(name)``); the
+    environment of the test reaches it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield S3Server(endpoint=endpoint, env=env)
+    finally:
+        server.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,29 +69,7 @@ def test_epoch_order_rejects_a_bad_window() -> None:
         epoch_order(np.zeros(3), seed=0, epoch=0, window=0)
 
 
-@pytest.fixture
-def s3_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A local S3 server (moto) with an empty bucket; the environment reaches it."""
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    boto3.client("s3").create_bucket(Bucket="packs")
-    yield "s3://packs"
-    server.stop()
-
-
-def test_a_pack_read_from_s3(tmp_path: Path, s3_env: str) -> None:
+def test_a_pack_read_from_s3(tmp_path: Path, s3_server) -> None:
     root = imagenet(tmp_path, real=True)
     build_subsets(BuildConfig(out_dir=tmp_path / "m", train=root / "train"))
     manifests = tuple(tmp_path / "m" / f"in1k-{p}pct.parquet" for p in (10, 20, 50, 100))
@@ -102,9 +79,10 @@ def test_a_pack_read_from_s3(tmp_path: Path, s3_env: str) -> None:
             manifests=manifests, root=root, out_dir=local, shard_bytes=9_000, block_bytes=2_000
         )
     )
-    s3, _ = pafs.FileSystem.from_uri(s3_env)
+    bucket = s3_server.bucket("packs")
+    s3, _ = pafs.FileSystem.from_uri(bucket)
     pafs.copy_files(str(local), "packs/in1k", destination_filesystem=s3)
-    pack = open_pack(f"{s3_env}/in1k")
+    pack = open_pack(f"{bucket}/in1k")
     assert pack.verify() == {} and len(pack.shards) > 2
     table, info = read_manifest(manifests[1], columns=["path", "key"])
     rows = pack.rows_of(table.column("key").to_numpy(), info.name)

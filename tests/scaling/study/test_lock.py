@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,28 +60,6 @@ def _wait_held(proc: subprocess.Popen) -> None:
     assert line == "held\n", line + proc.stderr.read()
 
 
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """An empty bucket on a local S3 server; the environment that reaches it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="locks")
-    yield env
-    server.stop()
-
-
 def _contend(uri: str, tmp_path: Path, env=None) -> None:
     """A second process is refused naming the first; after the release it gets the lock."""
     release = tmp_path / "release-1"
@@ -106,8 +83,8 @@ def test_two_processes_on_a_local_directory(tmp_path: Path) -> None:
     _contend(str(tmp_path / "study"), tmp_path)
 
 
-def test_two_processes_on_object_storage(tmp_path: Path, s3: dict[str, str]) -> None:
-    _contend("s3://locks/studies/tiny", tmp_path, env=s3)
+def test_two_processes_on_object_storage(tmp_path: Path, s3_server) -> None:
+    _contend(f"{s3_server.bucket('locks')}/studies/tiny", tmp_path, env=s3_server.env)
 
 
 def test_processes_started_together_get_one_lock(tmp_path: Path) -> None:

@@ -11,12 +11,9 @@ mid-run resumes from its checkpoint in the bucket; a rerun finds the study compl
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 from study_helpers import mimscale, tiny_tables, write_study
 
 from scaling.study.store import ResultStore
@@ -26,36 +23,10 @@ pytestmark = pytest.mark.slow
 BUCKET = "mimscale-results"
 
 
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """An empty bucket on a local S3 server; the environment that reaches it."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    boto3.client("s3").create_bucket(Bucket=BUCKET)
-    yield env
-    server.stop()
-
-
-def _keys(prefix: str) -> list[str]:
-    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
-    return sorted(
-        o["Key"] for page in pages for o in page.get("Contents", []) if o["Key"].startswith(prefix)
-    )
-
-
 def test_study_on_s3_resumes_from_the_bucket_and_reports(
-    tmp_path: Path, demo_dir: Path, s3: dict[str, str]
+    tmp_path: Path, demo_dir: Path, s3_server
 ) -> None:
-    uri = f"s3://{BUCKET}/studies/tiny"
+    uri = f"{s3_server.bucket(BUCKET)}/studies/tiny"
     tables = tiny_tables(demo_dir, uri, grid={"iterations": [4, 6]})  # type: ignore[arg-type]
     path = write_study(tmp_path / "study.toml", tables)
     marker = tmp_path / "failed-once"
@@ -71,7 +42,8 @@ def test_study_on_s3_resumes_from_the_bucket_and_reports(
     cells = store.read_table("cells.parquet").to_pandas()
     assert sorted(cells["iterations"]) == [4, 6] and (cells["status"] == "complete").all()
     for stage_id in cells["pretrain_id"]:
-        names = {k.rsplit("/", 1)[1] for k in _keys(f"studies/tiny/stages/pretrain/{stage_id}/")}
+        keys = s3_server.keys(BUCKET, f"studies/tiny/stages/pretrain/{stage_id}/")
+        names = {k.rsplit("/", 1)[1] for k in keys}
         assert {
             "stage.toml",
             "stage.json",
@@ -87,7 +59,7 @@ def test_study_on_s3_resumes_from_the_bucket_and_reports(
     assert not long.duplicated(["phase", "step", "split", "metric"]).any()
     train_steps = long[(long.split == "train")].step.tolist()
     assert train_steps == [2, 4, 6]
-    assert _keys("studies/tiny/ray/"), "Ray's experiment state is not in the bucket"
+    assert s3_server.keys(BUCKET, "studies/tiny/ray/"), "Ray's experiment state is not there"
 
     # again: complete, nothing runs
     again = mimscale("run", str(path), "--no-report", timeout=300)

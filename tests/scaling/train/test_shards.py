@@ -128,24 +128,9 @@ def test_a_missing_checkpoint_file_names_its_path(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def s3_store(monkeypatch: pytest.MonkeyPatch):
+def s3_store(s3_server) -> ResultStore:
     """A results store in an empty bucket on a local S3 server (moto)."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for key, value in {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    boto3.client("s3").create_bucket(Bucket="shards")
-    yield ResultStore("s3://shards/study")
-    server.stop()
+    return ResultStore(f"{s3_server.bucket('shards')}/study")
 
 
 @pytest.mark.slow
