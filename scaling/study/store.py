@@ -1,25 +1,26 @@
-"""The results store of a study: one directory per cell, and the tables that unite them.
+"""The results store of a study: one directory per stage, and the tables that unite them.
 
 Layout under the study's ``output_dir`` (a local path or a URI pyarrow understands,
 e.g. ``file:///shared/runs/x`` or ``s3://bucket/runs/x``)::
 
-    study.json                  the resolved study and its hash
-    cells.parquet               one row per cell (the union of cells/*/row.parquet)
-    curves.parquet              every logged point (the union of cells/*/curves.parquet)
-    cells/<cell_id>/cell.toml   the cell's resolved config (``mimscale trial`` reruns it)
-    cells/<cell_id>/cell.json   its identity: config + manifest digests
-    cells/<cell_id>/checkpoint.pt, progress.json, row.parquet, curves.parquet
+    study.json                      the resolved study and its hash
+    cells.parquet, curves.parquet   the joined view; with pretrain.parquet and
+                                    finetune.parquet rebuilt from the stage directories
+                                    (:mod:`scaling.study.tables`)
+    stages/<kind>/<stage_id>/       one per stage (``pretrain``, ``finetune``,
+                                    ``diagnostics``): stage.toml, stage.json, checkpoints,
+                                    progress.json, log.txt, curves.parquet, result.parquet
 
 Every write is atomic (a temp name, then a move) and, on a local or shared file
 system, durable: the temp file is flushed and fsync'ed before the rename and its
 directory after it, so a power cut leaves the old file or the new one, never a torn
 one. Parquet pages carry CRC checksums that every read verifies. A file that
 still reads back damaged (truncated, empty, flipped bytes, not JSON, not UTF-8) is
-reported with its path on the log, read as missing (its cell is then incomplete
-and reruns), and set aside as ``<name>.damaged-<utc>`` beside it, never deleted; a
-read-only store (``status``) only reports it. A cell is complete when its
-``row.parquet`` says ``status == "complete"``; the union tables are rebuilt from
-the cell directories, so no cell ever appears twice.
+reported with its path on the log, read as missing (a stage whose result is damaged
+is then incomplete and reruns), and set aside as ``<name>.damaged-<utc>`` beside it,
+never deleted; a read-only store (``status``) only reports it. A stage is complete
+when its ``result.parquet`` says ``status == "complete"``; the tables are rebuilt from
+the stage directories, so no stage or cell ever appears twice.
 """
 
 from __future__ import annotations
@@ -46,53 +47,6 @@ log = logging.getLogger(__name__)
 
 class OutputError(UserError):
     """A study output that cannot be written."""
-
-
-CELL_COLUMNS: dict[str, pa.DataType] = {
-    "cell_id": pa.string(),
-    "model": pa.string(),
-    "params_m": pa.float64(),
-    "data": pa.string(),
-    "n_train_images": pa.int64(),
-    "iterations": pa.int64(),
-    "batch_size": pa.int64(),
-    "epochs_seen": pa.float64(),
-    "seed": pa.int64(),
-    "mask_ratio": pa.float64(),
-    "status": pa.string(),
-    "train_loss": pa.float64(),
-    "val_loss": pa.float64(),
-    "finetune_top1": pa.float64(),
-    "finetune_top5": pa.float64(),
-    "pretrain_flops": pa.float64(),
-    "gpu_hours": pa.float64(),
-    "wall_s": pa.float64(),
-    "bad_images": pa.int64(),
-    "error": pa.string(),
-}
-CURVE_COLUMNS: dict[str, pa.DataType] = {
-    "cell_id": pa.string(),
-    "phase": pa.string(),
-    "step": pa.int64(),
-    "split": pa.string(),
-    "metric": pa.string(),
-    "value": pa.float64(),
-    "lr": pa.float64(),
-}
-CELL_SCHEMA = pa.schema(list(CELL_COLUMNS.items()))
-CURVE_SCHEMA = pa.schema(list(CURVE_COLUMNS.items()))
-
-
-def cells_table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(
-        [{k: r.get(k) for k in CELL_COLUMNS} for r in rows], schema=CELL_SCHEMA
-    )
-
-
-def curves_table(points: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(
-        [{k: p.get(k) for k in CURVE_COLUMNS} for p in points], schema=CURVE_SCHEMA
-    )
 
 
 def _fsync_dir(path: str) -> None:
@@ -274,56 +228,15 @@ class ResultStore:
         except (pa.ArrowException, OSError) as err:
             return self.damaged(rel, f"not a readable Parquet file: {err}")
 
-    # -- cells -----------------------------------------------------------------------------
+    # -- the flat layout before stages (refused by ``run``) ----------------------------------
     def cell_ids(self) -> list[str]:
+        """The ``cells/<cell_id>/`` directories of an earlier mimscale (one per cell)."""
         selector = pafs.FileSelector(self.path("cells"), allow_not_found=True)
         return sorted(
             info.base_name
             for info in self.fs.get_file_info(selector)
             if info.type == pafs.FileType.Directory
         )
-
-    def cell_row(self, cell_id: str) -> dict[str, Any] | None:
-        table = self.read_table(f"cells/{cell_id}/row.parquet")
-        return None if table is None or table.num_rows == 0 else table.to_pylist()[0]
-
-    def is_complete(self, cell_id: str) -> bool:
-        row = self.cell_row(cell_id)
-        return row is not None and row.get("status") == "complete"
-
-    def write_cell_result(self, row: dict[str, Any], points: list[dict[str, Any]]) -> None:
-        """Curves first, then the row: a row marked complete always has its curves."""
-        cell_id = row["cell_id"]
-        self.write_table(f"cells/{cell_id}/curves.parquet", curves_table(points))
-        self.write_table(f"cells/{cell_id}/row.parquet", cells_table([row]))
-
-    def write_failure(self, cell_id: str, fields: dict[str, Any], error: str) -> None:
-        """Mark a cell failed (its row, status ``failed``), unless it completed meanwhile."""
-        if self.is_complete(cell_id):
-            return
-        row = {**fields, "cell_id": cell_id, "status": "failed", "error": error}
-        self.write_table(f"cells/{cell_id}/row.parquet", cells_table([row]))
-
-    def consolidate(self, cell_ids: list[str] | None = None) -> tuple[pa.Table, pa.Table]:
-        """Rebuild ``cells.parquet`` and ``curves.parquet`` from the cell directories."""
-        rows, curves = [], []
-        for cell_id in cell_ids if cell_ids is not None else self.cell_ids():
-            row = self.cell_row(cell_id)
-            if row is None:
-                continue
-            table = self.read_table(f"cells/{cell_id}/curves.parquet")
-            if table is None and row.get("status") == "complete":
-                # a complete row always has its curves: without them the cell reruns
-                self.damaged(f"cells/{cell_id}/row.parquet", "its curves.parquet is unreadable")
-                continue
-            rows.append(row)
-            if table is not None:
-                curves.append(table.cast(CURVE_SCHEMA))
-        cells = cells_table(rows)
-        curve = pa.concat_tables(curves) if curves else curves_table([])
-        self.write_table("cells.parquet", cells)
-        self.write_table("curves.parquet", curve)
-        return cells, curve
 
     # -- stages ----------------------------------------------------------------------------
     def stage_ids(self, kind: str) -> list[str]:

@@ -1,10 +1,12 @@
 """Damaged files in a study's store: reported with their path, read as missing, set aside.
 
-Issue 15 item 3. Each damage a disk, a copy or a hand can do to a per-cell file
+Issue 15 item 3. Each damage a disk, a copy or a hand can do to a stage's files
 (truncated, empty, flipped bytes, garbage, another encoding) is injected into a real
-store; the store must not raise, must name the file on the log, must treat the file as
-missing (its cell incomplete), and must keep the damaged bytes beside it. Checkpoints fall
-back to the previous one, then to a fresh start. Writes are fsync'ed before their rename.
+store of a real stage graph; the store must not raise, must name the file on the log,
+must treat the file as missing (its stage incomplete, its cell out of the tables), and
+must keep the damaged bytes beside it; a read-only store (``status``) only reports.
+Checkpoints fall back to the previous one, then to a fresh start. Writes are fsync'ed
+before their rename.
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from scaling.cell.context import TrialContext, load_checkpoint, previous_name
-from scaling.study.store import OutputError, ResultStore, cells_table, curves_table
+from scaling.config.identity import manifest_digests
+from scaling.study.stages import Stage, StageGraph, build_graph
+from scaling.study.status import study_status
+from scaling.study.store import OutputError, ResultStore
+from scaling.study.tables import PRETRAIN_COLUMNS, table_of, write_tables
 
-CELL = "c0ffee0123456789"
-ROW = {"cell_id": CELL, "model": "swinv2-nano", "status": "complete", "val_loss": 0.5}
-POINT = {"cell_id": CELL, "phase": "pretrain", "step": 1, "split": "val", "metric": "loss"}
+POINT = {"phase": "pretrain", "step": 1, "split": "val", "metric": "loss", "lr": 0.1}
+LOGGER = "scaling.study.store"
 
 
 def _flip(data: bytes, seed: int) -> bytes:
@@ -44,9 +50,25 @@ DAMAGE = {
 }
 
 
-def _complete_cell(store: ResultStore) -> None:
-    store.write_cell_result(dict(ROW), [{**POINT, "value": 0.5, "lr": 0.1}])
-    assert store.is_complete(CELL)
+@pytest.fixture
+def graph(tiny_cell) -> StageGraph:
+    """Two cells, no fine-tuning: a branch (6 steps) of a trunk (8 steps, the default
+    multistep schedule shares its warm-up and first milestone)."""
+    cells = [tiny_cell(iterations=n, finetune={"enabled": False}) for n in (6, 8)]
+    return build_graph([(c, manifest_digests(c)) for c in cells])
+
+
+def _complete(store: ResultStore, stage: Stage, **fields: float) -> None:
+    """A complete result of ``stage`` with one curve point, as a trial writes it."""
+    row = {**stage.cell.row_fields(), "stage_id": stage.stage_id, "status": "complete"}
+    store.write_stage_result(stage.kind, {**row, **fields}, [{**POINT, "value": 0.5}])
+    assert store.stage_complete(stage.kind, stage.stage_id)
+
+
+def _damage(path: Path, damage: str) -> bytes:
+    bad = DAMAGE[damage](path.read_bytes())
+    path.write_bytes(bad)
+    return bad
 
 
 def _set_aside(path: Path) -> list[Path]:
@@ -54,43 +76,70 @@ def _set_aside(path: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
-def test_a_damaged_row_makes_its_cell_incomplete_and_is_set_aside(
-    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+def test_a_damaged_result_makes_its_stage_incomplete_and_is_set_aside(
+    tmp_path: Path, graph: StageGraph, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = ResultStore(str(tmp_path))
-    _complete_cell(store)
-    row = tmp_path / "cells" / CELL / "row.parquet"
-    bad = DAMAGE[damage](row.read_bytes())
-    row.write_bytes(bad)
-    with caplog.at_level(logging.WARNING, logger="scaling.study.store"):
-        assert not store.is_complete(CELL)
-        assert store.cell_row(CELL) is None
-    assert not row.exists()
-    (aside,) = _set_aside(row)
-    assert re.fullmatch(r"row\.parquet\.damaged-\d{8}T\d{6}Z", aside.name)
+    hit, kept = graph.pretrain.values()
+    _complete(store, hit, val_loss=0.5)
+    _complete(store, kept, val_loss=0.4)
+    result = tmp_path / hit.dir / "result.parquet"
+    bad = _damage(result, damage)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert not store.stage_complete("pretrain", hit.stage_id)
+        assert store.stage_row("pretrain", hit.stage_id) is None
+    assert not result.exists()
+    (aside,) = _set_aside(result)
+    assert re.fullmatch(r"result\.parquet\.damaged-\d{8}T\d{6}Z", aside.name)
     assert aside.read_bytes() == bad, "the damaged bytes are kept"
     (warning,) = [r.getMessage() for r in caplog.records]
-    assert warning.startswith(f"{row}: damaged (not a readable Parquet file: ")
+    assert warning.startswith(f"{result}: damaged (not a readable Parquet file: ")
     assert warning.endswith(f"set aside as {aside.name} and read as missing")
-    cells, _ = store.consolidate()
-    assert cells.num_rows == 0
+    cells, curves = write_tables(store, graph)
+    assert cells.column("pretrain_id").to_pylist() == [kept.stage_id]
+    assert set(curves.column("cell_id").to_pylist()) == {kept.stage_id}
+    assert store.read_table("pretrain.parquet").column("stage_id").to_pylist() == [kept.stage_id]
+
+
+def test_a_damaged_finetune_result_leaves_its_cell_pending(
+    tmp_path: Path, tiny_cell, caplog: pytest.LogCaptureFixture
+) -> None:
+    cell = tiny_cell()
+    graph = build_graph([(cell, manifest_digests(cell))])
+    (pre,), (ft,) = graph.pretrain.values(), graph.finetune.values()
+    store = ResultStore(str(tmp_path))
+    _complete(store, pre, val_loss=0.5)
+    _complete(store, ft, finetune_top1=40.0)
+    assert write_tables(store, graph)[0].column("status").to_pylist() == ["complete"]
+    result = tmp_path / ft.dir / "result.parquet"
+    _damage(result, "truncated")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        cells, _ = write_tables(store, graph)
+    assert cells.column("status").to_pylist() == ["pending"]
+    assert cells.column("finetune_top1").to_pylist() == [None]
+    assert cells.column("val_loss").to_pylist() == [0.5], "the pre-training result stands"
+    assert _set_aside(result) and caplog.records[0].getMessage().startswith(f"{result}: damaged")
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_a_read_only_store_reports_damage_once_and_moves_nothing(
-    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, graph: StageGraph, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _complete_cell(ResultStore(str(tmp_path)))
-    row = tmp_path / "cells" / CELL / "row.parquet"
-    row.write_bytes(DAMAGE[damage](row.read_bytes()))
-    store = ResultStore(str(tmp_path), set_aside=False)
-    with caplog.at_level(logging.WARNING, logger="scaling.study.store"):
+    hit, trunk = graph.pretrain.values()
+    assert hit.trunk_id == trunk.stage_id
+    _complete(ResultStore(str(tmp_path)), hit)
+    result = tmp_path / hit.dir / "result.parquet"
+    _damage(result, damage)
+    store = ResultStore(str(tmp_path), set_aside=False)  # as `mimscale status` opens it
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         for _ in range(3):
-            assert store.cell_row(CELL) is None
-    assert [r.getMessage() for r in caplog.records] == [
-        caplog.records[0].getMessage()
-    ] and caplog.records[0].getMessage().startswith(f"{row}: damaged (")
-    assert row.exists() and not _set_aside(row)
+            # not done: the branch waits for its trunk again
+            assert [r.state for r in study_status(store, graph)] == ["waiting", "pending"]
+            assert store.stage_row("pretrain", hit.stage_id) is None
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"{result}: damaged (not a readable Parquet file: ")
+    assert warning.endswith("; read as missing")
+    assert result.exists() and not _set_aside(result)
 
 
 @pytest.mark.parametrize(
@@ -105,61 +154,75 @@ def test_a_read_only_store_reports_damage_once_and_moves_nothing(
     ],
 )
 def test_garbage_progress_is_read_as_missing(
-    tmp_path: Path, content: bytes, why: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, graph: StageGraph, content: bytes, why: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = ResultStore(str(tmp_path))
-    rel = f"cells/{CELL}/progress.json"
+    _, trunk = graph.pretrain.values()
+    rel = f"{trunk.dir}/progress.json"
     store.write_json(rel, {"phase": "pretrain", "step": 4})
     progress = tmp_path / rel
     progress.write_bytes(content)
-    with caplog.at_level(logging.WARNING, logger="scaling.study.store"):
-        assert store.read_json(rel) is None
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        status = study_status(store, graph)
+    assert status[1].state == "pending" and status[1].step is None  # not running at a step
     assert re.match(rf"{re.escape(str(progress))}: damaged \({why}", caplog.records[0].getMessage())
     (aside,) = _set_aside(progress)
     assert aside.read_bytes() == content
-    store.write_json(rel, {"phase": "pretrain", "step": 5})  # the cell writes it afresh
+    store.write_json(rel, {"phase": "pretrain", "step": 5})  # the stage writes it afresh
     assert store.read_json(rel) == {"phase": "pretrain", "step": 5}
+    trunk_now = study_status(store, graph)[1]
+    assert (trunk_now.state, trunk_now.step) == ("running", 5)
 
 
-def test_a_complete_row_whose_curves_are_damaged_is_not_kept(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_a_complete_result_whose_curves_are_damaged(
+    tmp_path: Path, graph: StageGraph, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The curves are reported, set aside and left out; the stage's result stands (the
+    stage layout does not rerun a complete stage for its curves)."""
     store = ResultStore(str(tmp_path))
-    _complete_cell(store)
-    other = {**ROW, "cell_id": "other"}
-    store.write_cell_result(other, [{**POINT, "cell_id": "other", "value": 0.4, "lr": 0.1}])
-    curves = tmp_path / "cells" / CELL / "curves.parquet"
+    hit, kept = graph.pretrain.values()
+    _complete(store, hit)
+    _complete(store, kept)
+    curves = tmp_path / hit.dir / "curves.parquet"
     curves.write_bytes(curves.read_bytes()[:-9])
-    with caplog.at_level(logging.WARNING, logger="scaling.study.store"):
-        cells, curve = store.consolidate()
-    assert cells.column("cell_id").to_pylist() == ["other"]
-    assert curve.column("cell_id").to_pylist() == ["other"]
-    assert _set_aside(curves) and _set_aside(curves.with_name("row.parquet"))
-    assert not store.is_complete(CELL) and store.is_complete("other")
-    assert any(str(curves) in r.getMessage() for r in caplog.records)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        cells, curve = write_tables(store, graph)
+    assert curve.column("cell_id").to_pylist() == [kept.stage_id]
+    assert cells.column("cell_id").to_pylist() == [hit.stage_id, kept.stage_id]
+    assert _set_aside(curves) and not curves.exists()
+    assert store.stage_complete("pretrain", hit.stage_id)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"{curves}: damaged (not a readable Parquet file: ")
 
 
-def test_the_union_tables_are_rebuilt_when_damaged(tmp_path: Path) -> None:
+def test_the_tables_are_rebuilt_when_damaged(tmp_path: Path, graph: StageGraph) -> None:
     store = ResultStore(str(tmp_path))
-    _complete_cell(store)
-    store.consolidate()
-    (tmp_path / "cells.parquet").write_bytes(b"PAR1 torn")
-    assert store.read_table("cells.parquet") is None
-    cells, _ = store.consolidate()
-    assert store.read_table("cells.parquet").equals(cells) and cells.num_rows == 1
+    for stage in graph.pretrain.values():
+        _complete(store, stage)
+    cells, curves = write_tables(store, graph)
+    pretrain = store.read_table("pretrain.parquet")
+    for name in ("cells", "curves", "pretrain"):
+        (tmp_path / f"{name}.parquet").write_bytes(b"PAR1 torn")
+        assert store.read_table(f"{name}.parquet") is None
+    again = write_tables(store, graph)
+    assert again[0].equals(cells) and again[1].equals(curves) and cells.num_rows == 2
+    assert store.read_table("cells.parquet").equals(cells)
+    assert store.read_table("curves.parquet").equals(curves)
+    assert store.read_table("pretrain.parquet").equals(pretrain)
 
 
 def test_tables_carry_page_checksums(tmp_path: Path) -> None:
     """A flip inside a data page that still decodes is caught by the page CRC."""
     store = ResultStore(str(tmp_path))
-    table = cells_table([{**ROW, "error": "x" * 4000}])
-    store.write_table("t.parquet", table)
+    row = {"stage_id": "s1", "status": "complete", "error": "x" * 4000}
+    store.write_table("t.parquet", table_of(PRETRAIN_COLUMNS, [row]))
     data = bytearray((tmp_path / "t.parquet").read_bytes())
     at = data.index(b"complete")  # inside the status column's page (incompressible enough)
     data[at] ^= 0x01
     (tmp_path / "t.parquet").write_bytes(bytes(data))
+    unchecked = pq.read_table(tmp_path / "t.parquet")  # decodes: only the CRC tells
+    assert unchecked.column("status").to_pylist() == ["bomplete"]
     assert store.read_table("t.parquet") is None
-    assert curves_table([]).num_rows == 0
 
 
 def test_writes_are_fsynced_before_the_rename(
@@ -180,16 +243,16 @@ def test_writes_are_fsynced_before_the_rename(
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     store = ResultStore(str(tmp_path))
-    store.write_bytes("cells/x/row.parquet", b"data")
-    target = str(tmp_path / "cells" / "x" / "row.parquet")
+    store.write_bytes("stages/x/result.parquet", b"data")
+    target = str(tmp_path / "stages" / "x" / "result.parquet")
     kinds = [kind for kind, _ in events]
     assert kinds == ["fsync", "replace", "fsync"], events
     assert re.fullmatch(
-        rf"{re.escape(str(tmp_path))}/cells/x/\.row\.parquet\.\w+\.tmp", events[0][1]
+        rf"{re.escape(str(tmp_path))}/stages/x/\.result\.parquet\.\w+\.tmp", events[0][1]
     )
-    assert events[1][1] == target and events[2][1] == str(tmp_path / "cells" / "x")
+    assert events[1][1] == target and events[2][1] == str(tmp_path / "stages" / "x")
     assert Path(target).read_bytes() == b"data"
-    assert sorted(p.name for p in (tmp_path / "cells" / "x").iterdir()) == ["row.parquet"]
+    assert sorted(p.name for p in (tmp_path / "stages" / "x").iterdir()) == ["result.parquet"]
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp(
