@@ -228,25 +228,24 @@ class ResultStore:
         except (pa.ArrowException, OSError) as err:
             return self.damaged(rel, f"not a readable Parquet file: {err}")
 
-    # -- the flat layout before stages (refused by ``run``) ----------------------------------
-    def cell_ids(self) -> list[str]:
-        """The ``cells/<cell_id>/`` directories of an earlier mimscale (one per cell)."""
-        selector = pafs.FileSelector(self.path("cells"), allow_not_found=True)
+    def folders(self, rel: str) -> list[str]:
+        """Names of the folders directly under ``rel``, sorted (none if it is missing)."""
+        selector = pafs.FileSelector(self.path(rel), allow_not_found=True)
         return sorted(
             info.base_name
             for info in self.fs.get_file_info(selector)
             if info.type == pafs.FileType.Directory
         )
 
+    # -- the flat layout before stages (refused by ``run``) ----------------------------------
+    def cell_ids(self) -> list[str]:
+        """The ``cells/<cell_id>/`` directories of an earlier mimscale (one per cell)."""
+        return self.folders("cells")
+
     # -- stages ----------------------------------------------------------------------------
     def stage_ids(self, kind: str) -> list[str]:
-        """Ids of the stage directories of ``kind`` (``pretrain`` / ``finetune``)."""
-        selector = pafs.FileSelector(self.path(f"stages/{kind}"), allow_not_found=True)
-        return sorted(
-            info.base_name
-            for info in self.fs.get_file_info(selector)
-            if info.type == pafs.FileType.Directory
-        )
+        """Ids of the stage directories of ``kind`` (``pretrain`` / ``finetune`` / …)."""
+        return self.folders(f"stages/{kind}")
 
     def stage_row(self, kind: str, stage_id: str) -> dict[str, Any] | None:
         """The stage's ``result.parquet`` row (complete or failed), or None."""

@@ -89,6 +89,8 @@ def test_a_damaged_result_makes_its_stage_incomplete_and_is_set_aside(
         assert not store.stage_complete("pretrain", hit.stage_id)
         assert store.stage_row("pretrain", hit.stage_id) is None
     assert not result.exists()
+    assert store.stage_ids("pretrain") == sorted(graph.pretrain), "its directory stays"
+    assert store.cell_ids() == []
     (aside,) = _set_aside(result)
     assert re.fullmatch(r"result\.parquet\.damaged-\d{8}T\d{6}Z", aside.name)
     assert aside.read_bytes() == bad, "the damaged bytes are kept"
