@@ -3,7 +3,8 @@
 Images/s of one core (one process, one thread: what one data-loader worker delivers),
 for two pipelines over the same ImageNet-sized JPEGs (~330–500 px, quality 90):
 
-* ``bytes``: the encoded bytes only (the storage cost);
+* ``bytes``: the encoded bytes only, in the process's memory (the storage cost; a pack's
+  view of a memory-mapped shard is copied out, so its pages are really read);
 * ``decode``: the pre-training sample of the image, made by the training dataset itself
   (``scaling.data.pretrain.PretrainDataset``: header, RandomResizedCrop box, reduced-size
   DCT decode, resize to 192 px, flip, mask) over a file source or a pack source.
@@ -105,7 +106,7 @@ def timed(item: Callable[[int], object], order: np.ndarray, limit_s: float) -> f
 def pipeline(source, decode: bool) -> Callable[[int], object]:
     """The bytes of row j, or the pre-training sample of row j (the real dataset)."""
     if not decode:
-        return source.read
+        return lambda j: bytes(source.read(j))  # a view of a mapped shard: read it
     from scaling.data.masking import MaskGenerator
     from scaling.data.pretrain import PretrainDataset
 

@@ -10,7 +10,14 @@ with the usual ``AWS_*`` variables and ``AWS_ENDPOINT_URL``, ``gs://``, ``hdfs:/
 any ``pyarrow.fs.FileSystem`` passed in. A block is one Parquet row group; the index
 records where each image's bytes start in its shard, so a block is fetched with one
 ranged read of its images and sliced without Parquet decoding (``block_bytes``);
-``read_block`` reads the same images through the Parquet reader.
+``read_block`` reads the same images through the Parquet reader. A shard on a local path
+(a local disk, or a shared file system mounted locally) is memory-mapped instead: a block
+is a view of the mapping (no copy into a fresh buffer, which cost more than the read
+itself when the shard is in the page cache), and the kernel is asked to read the whole
+block ahead (``MADV_WILLNEED``), so the first images of a block are decoded while the
+rest arrive. Shards are immutable once packed: a shard truncated *while* mapped would
+fault the reading process (packs are never rewritten in place; ``subsets pack`` writes
+new files).
 
 **Epoch order** (:func:`epoch_order`, a pure function of (seed, epoch)): the rows of a
 manifest are grouped by the block that holds them; the blocks are permuted, then rows
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from pathlib import Path
 from typing import Any
@@ -78,6 +86,8 @@ class Pack:
         self.block_group = block[starts]
         self._by_key: np.ndarray | None = None
         self._open: dict[int, pa.NativeFile] = {}
+        self._maps: dict[int, mmap.mmap] = {}
+        self._local = isinstance(self.fs, pafs.LocalFileSystem) and filesystem is None
         self._pid = os.getpid()
 
     def _read_index(self) -> pa.Table:
@@ -119,10 +129,21 @@ class Pack:
             )
         return self._by_key[pos].astype(np.int64)
 
-    def _file(self, shard: int) -> pa.NativeFile:
-        if self._pid != os.getpid():  # a forked worker: own handles and clients
-            self._open, self._pid = {}, os.getpid()
+    def _forked(self) -> None:
+        if self._pid != os.getpid():  # a forked worker: own handles, maps and clients
+            self._open, self._maps, self._pid = {}, {}, os.getpid()
             self.fs, self.base = _resolve(self.location, self._filesystem)
+
+    def _map(self, shard: int) -> mmap.mmap:
+        """The local shard file ``shard`` memory-mapped read-only (kept for the process)."""
+        self._forked()
+        if shard not in self._maps:
+            with open(f"{self.base}/{self.shards[shard]['file']}", "rb") as fh:
+                self._maps[shard] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        return self._maps[shard]
+
+    def _file(self, shard: int) -> pa.NativeFile:
+        self._forked()
         if shard not in self._open:
             path = f"{self.base}/{self.shards[shard]['file']}"
             self._open[shard] = self.fs.open_input_file(path)
@@ -141,13 +162,29 @@ class Pack:
         lo, hi = int(self.block_starts[block]), int(self.block_starts[block + 1])
         first = int(self.offsets[lo])
         end = int(self.offsets[hi - 1] + self.sizes[hi - 1])
+        shard = int(self.block_shard[block])
         try:
-            data = self._file(int(self.block_shard[block])).read_at(end - first, first)
-        except (pa.ArrowException, OSError) as err:
+            data = self._mapped(shard, first, end) if self._local else None
+            if data is None:
+                data = memoryview(self._file(shard).read_at(end - first, first))
+        except (pa.ArrowException, OSError, ValueError) as err:
             raise self._failed(block, err) from None
         if len(data) != end - first:
             raise self._failed(block, EOFError(f"{len(data)} of {end - first} bytes"))
-        return memoryview(data), self.offsets[lo:hi] - first
+        return data, self.offsets[lo:hi] - first
+
+    def _mapped(self, shard: int, first: int, end: int) -> memoryview | None:
+        """Bytes ``first:end`` of local shard ``shard`` as a view of its mapping, the
+        kernel asked to read them ahead; None for an empty file (mmap cannot map it)."""
+        try:
+            mapped = self._map(shard)
+        except ValueError:  # an empty file: the ranged read reports it
+            return None
+        end = min(end, len(mapped))  # a shorter file: the length check names it
+        if end > first:
+            start = first - first % mmap.PAGESIZE
+            mapped.madvise(mmap.MADV_WILLNEED, start, end - start)
+        return memoryview(mapped)[first:end]
 
     def read_block(self, block: int) -> pa.BinaryArray:
         """The images of one block through the Parquet reader (as any tool reads them)."""

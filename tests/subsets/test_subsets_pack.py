@@ -199,3 +199,31 @@ def test_a_view_reads_each_block_once_in_an_epoch(data, tmp_path: Path) -> None:
     assert copy.read(4) == view.read(4) and copy.block_reads == 1
     with pytest.raises(ValueError, match=r"cache_blocks: must be >= 1, got 0"):
         PackView(out, table.column("key").to_numpy(), "x", cache_blocks=0)
+
+
+def test_a_local_pack_is_memory_mapped_and_reads_as_through_the_file_system(data, tmp_path):
+    import pyarrow.fs as pafs
+
+    root, manifests, _ = data
+    out = _pack(root, _manifests(manifests), tmp_path / "p")
+    mapped, through_fs = open_pack(out), open_pack(str(out), pafs.LocalFileSystem())
+    for block in range(mapped.num_blocks):
+        a, starts_a = mapped.block_bytes(block)
+        b, starts_b = through_fs.block_bytes(block)
+        assert a.tobytes() == b.tobytes() and starts_a.tolist() == starts_b.tolist()
+    maps = Path("/proc/self/maps").read_text()  # the kernel's own list of this process's maps
+    assert all(str(out / s["file"]) in maps for s in mapped.shards)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_a_damaged_local_shard_names_its_file_and_block(data, tmp_path: Path, damage: str):
+    root, manifests, _ = data
+    out = _pack(root, _manifests(manifests), tmp_path / "p")
+    shard = out / "shard-00001.parquet"
+    shard.write_bytes(shard.read_bytes()[: 100 if damage == "truncated" else 0])
+    pack = open_pack(out)
+    last = int(np.flatnonzero(pack.block_shard == 1)[-1])  # the shard's last block
+    group = int(pack.block_group[last])
+    message = rf"pack .*p: shard-00001\.parquet block {group}: \d+ of \d+ bytes"
+    with pytest.raises(SubsetError, match=message):
+        pack.block_bytes(last)
