@@ -70,7 +70,8 @@ class PackConfig:
     shard_bytes: int = 768 * MiB
     """A shard closes once it holds this many image bytes (~0.5–1 GB files)."""
     block_bytes: int = 16 * MiB
-    """A block (Parquet row group: one ranged read) closes at this many image bytes."""
+    """A block (Parquet row group: one ranged read) closes at this many image bytes (at
+    most ``shard_bytes``: a shard closes between blocks)."""
     block_rows: int = 4096
     """…or at this many rows."""
     workers: int = 8
@@ -93,6 +94,8 @@ class PackConfig:
                 raise SubsetError(f"{flag}: must be >= 1, got {value}")
         if not self.manifests:
             raise SubsetError("pack: name at least one manifest")
+        # a shard closes between blocks: a block larger than a shard would hold it whole
+        object.__setattr__(self, "block_bytes", min(self.block_bytes, self.shard_bytes))
 
 
 def _index_table(keys, paths, where, meta: dict) -> pa.Table:

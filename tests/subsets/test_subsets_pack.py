@@ -129,6 +129,7 @@ def test_cli_packs_and_prints_its_shards(data, tmp_path: Path, capsys) -> None:
     assert main([*argv, "--out", str(tmp_path / "p"), "--shard-size", "20k"]) == 0
     out = capsys.readouterr().out
     assert "84 images" in out and "in1k-100pct, in1k-10pct" in out and "shard-00000" in out
+    assert "shard-00002" in out  # ~20 kB shards although the default block is 16 MB
     assert main([*argv, "--out", str(tmp_path / "p")]) == 2
     assert "already holds a pack; pass --force" in capsys.readouterr().err
     assert main([*argv, "--out", str(tmp_path / "p"), "--force"]) == 0
