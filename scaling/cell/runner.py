@@ -27,6 +27,7 @@ from scaling.cell.context import (
     CellError,
     Shards,
     TrialContext,
+    committed_slots,
     maybe_inject_fault,
     maybe_inject_nan,
     seed_checkpoint,
@@ -37,7 +38,7 @@ from scaling.errors import UserError
 from scaling.train.checkpoint import set_rng_state, unwrap
 from scaling.train.loop import NonFiniteLoss, Phase, amp_dtype, distributed, make_scaler
 from scaling.train.parallel import rank_seed, seed_rank, sharded, wrap
-from scaling.train.shards import load_shards
+from scaling.train.shards import background_group, load_shards
 
 Point = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -140,11 +141,29 @@ class PhaseRunner:
         self.loader = loader
         self.throughput = Throughput(self.batch_size, step, self.iterations)
         try:
+            step, result, state = self._train(model, optimizer, scaler, step, ckpt)
+        except BaseException:
+            # the checkpoint being written may still become the one to resume from; its
+            # background writes end before the process group does
+            self.ctx.settle()
+            raise
+        result = {**result, "bad_images": self.total_bad, "wall_s": self.wall_s}
+        self.ctx.save(
+            self.checkpoint_name,
+            {"points": self.points, "step": step, "result": result, "state": state},
+        )
+        return PhaseOutput(result, self.points, state)
+
+    def _train(
+        self, model: nn.Module, optimizer: Any, scaler: Any, step: int, ckpt: dict | None
+    ) -> tuple[int, dict[str, Any], dict[str, Any]]:
+        """The loop from ``step`` and the final evaluation: (last step, result, state)."""
+        try:
             step = self._loop(model, optimizer, scaler).run(
                 model,
                 optimizer,
                 scaler,
-                iter(loader),
+                iter(self.loader),
                 step=step,
                 device=self.device,
                 dtype=self.dtype,
@@ -155,13 +174,7 @@ class PhaseRunner:
                 f"stage {self.ctx.stage_id}: non-finite {self._name} loss {e.value} at step "
                 f"{e.step} (lr {self.lr_of(e.step):.3g}); {self.fix_hint}"
             ) from None
-        result, state = self.finish(unwrap(model), step)
-        result = {**result, "bad_images": self.total_bad, "wall_s": self.wall_s}
-        self.ctx.save(
-            self.checkpoint_name,
-            {"points": self.points, "step": step, "result": result, "state": state},
-        )
-        return PhaseOutput(result, self.points, state)
+        return step, *self.finish(unwrap(model), step)
 
     @property
     def _name(self) -> str:
@@ -196,8 +209,10 @@ class PhaseRunner:
         self.dtype = amp_dtype(s.amp, self.device)
         self.unwrapped, wrapped = model, model
         if ctx.world_size > 1 and distributed():
-            wrapped = wrap(model, ctx.cell.resources.parallelism, shard_units(model))
-            ctx.shards = Shards(wrapped)
+            r = ctx.cell.resources
+            wrapped = wrap(model, r.parallelism, shard_units(model))
+            group = background_group() if r.async_checkpoint else None
+            ctx.shards = Shards(wrapped, asynchronous=r.async_checkpoint, group=group)
         optimizer = self.build_optimizer(model)
         if ctx.shards is not None:
             ctx.shards.optimizer = optimizer
@@ -219,7 +234,8 @@ class PhaseRunner:
         ctx = self.ctx
         if "shards" in ckpt:
             if ctx.shards is not None:
-                ctx.shards.slots = [ckpt["shards"]]
+                rel = ctx.rel(self.checkpoint_name)
+                ctx.shards.slots = committed_slots(ctx.store, rel, ckpt["shards"])
             streams = load_shards(
                 ctx.store,
                 ckpt["shards"],

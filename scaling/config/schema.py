@@ -420,6 +420,9 @@ class CellResources:
     parallelism: str = "ddp"
     """``ddp`` (replicated weights) or ``fsdp`` (FSDP2: parameters, gradients, optimizer
     state sharded over the ranks)."""
+    async_checkpoint: bool = True
+    """A cell of several workers writes its checkpoint shards in the background (training
+    goes on; the checkpoint is named once they are durable); false: it waits for them."""
 
     def __post_init__(self) -> None:
         check(self.cpus > 0, "cpus", f"must be > 0, got {self.cpus}")
@@ -449,6 +452,8 @@ class ResourcesConfig:
     """Memory of one GPU in GB as sold (default for every model)."""
     parallelism: str = "ddp"
     """``ddp`` or ``fsdp`` (default for every model)."""
+    async_checkpoint: bool = True
+    """Background checkpoint writes of multi-worker cells (default for every model)."""
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-model overrides of the fields above, e.g. ``[resources.models."swinv2-g"]
     workers = 32``; a field not given there is the study's."""
@@ -470,6 +475,7 @@ class ResourcesConfig:
             workers=self.workers,
             gpu_memory_gb=self.gpu_memory_gb,
             parallelism=self.parallelism,
+            async_checkpoint=self.async_checkpoint,
         )
 
     def for_model(self, model: str) -> CellResources:

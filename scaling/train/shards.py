@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import (
     FileSystemBase,
     FileSystemReader,
@@ -119,6 +120,12 @@ def _group() -> Any:
     return dist.group.WORLD if dist.is_available() and dist.is_initialized() else None
 
 
+def background_group() -> Any:
+    """A gloo group of its own for asynchronous saves, so their collectives (in DCP's
+    thread) never interleave with training's; None without a process group. Collective."""
+    return dist.new_group(backend="gloo") if _group() is not None else None
+
+
 def _rng_key(rank: int) -> str:
     return f"rng.rank{rank}"
 
@@ -136,16 +143,43 @@ def _state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int, 
     return {"model": msd, "optim": osd, _rng_key(rank): _rng_state(torch.device(device))}
 
 
+class CheckpointWriteError(RuntimeError):
+    """An asynchronous save that failed or did not finish: its checkpoint is not usable."""
+
+
 @dataclass
 class PendingSave:
     """A save under way; :meth:`wait` returns once every shard is in the store."""
 
     future: Any = None
+    rel: str = ""
+    """Where the shards go (for the error of a failed write)."""
 
-    def wait(self) -> None:
-        if self.future is not None:
-            self.future.result()
-            self.future = None
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the save is durable (on the coordinator: its metadata too, so every
+        rank's shard); a failed write, or one not done in ``timeout`` s, raises
+        :class:`CheckpointWriteError` naming the checkpoint."""
+        future, self.future = self.future, None
+        if future is None:
+            return
+        try:
+            future.result(timeout=timeout)
+        except (Exception, CheckpointException) as err:  # DCP's is a BaseException
+            why = f"failed: {_cause(err)}" if future.done() else f"did not finish in {timeout} s"
+            raise CheckpointWriteError(
+                f"{self.rel}: the asynchronous checkpoint write {why}"
+            ) from err
+
+
+def _cause(err: BaseException) -> str:
+    """What failed, by rank when DCP gathered it from the ranks (not its tracebacks)."""
+    failures = getattr(err, "failures", None)
+    if isinstance(err, CheckpointException) and failures:
+        return "; ".join(
+            f"rank {rank}: {type(exc).__name__}: {exc}"
+            for rank, (exc, *_) in sorted(failures.items())
+        )
+    return f"{type(err).__name__}: {err}"
 
 
 def save_shards(
@@ -172,7 +206,7 @@ def save_shards(
         future = dcp.async_save(
             state, storage_writer=writer, process_group=group, no_dist=group is None
         )
-        return PendingSave(future)
+        return PendingSave(future, rel)
     dcp.save(state, storage_writer=writer, process_group=group, no_dist=group is None)
     return PendingSave()
 
