@@ -300,6 +300,10 @@ class _StageSearcher(Searcher):
         self.pending = list(order)
         self.store = store
         self.trials: dict[str, str] = {}
+        self.ran = {job["stage_id"] for job in order}
+        """Stages of this experiment: a failure the store holds for one of them is an
+        earlier run's until a trial of this experiment ends (it runs again here)."""
+        self.ended: set[str] = set()
         self.crashed: set[str] = set()
         self.failed: dict[str, str] = {}
 
@@ -320,8 +324,10 @@ class _StageSearcher(Searcher):
         return Searcher.FINISHED if not self.pending else None
 
     def on_trial_complete(self, trial_id: str, result: Any = None, error: bool = False) -> None:
-        if error and trial_id in self.trials:
-            self.crashed.add(self.trials[trial_id])
+        if trial_id in self.trials:
+            self.ended.add(self.trials[trial_id])
+            if error:
+                self.crashed.add(self.trials[trial_id])
 
     def _ended(self, stage_id: str) -> str | None:
         """'complete', 'failed' (with its error in self.failed) or None (not yet)."""
@@ -329,7 +335,11 @@ class _StageSearcher(Searcher):
             return "failed"
         row = self.store.stage_row("pretrain", stage_id)
         status = None if row is None else row.get("status")
-        return None if status == INTERRUPTED else status  # it runs again in this experiment
+        if status == INTERRUPTED or (
+            status == "failed" and stage_id in self.ran and stage_id not in self.ended
+        ):
+            return None  # an earlier run's end: it runs again in this experiment
+        return status
 
     def _ready(self, job: dict[str, Any]) -> bool | str | None:
         """True: run it; a message: its upstream failed; None: wait."""

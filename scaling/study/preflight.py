@@ -2,7 +2,8 @@
 
 Order matters, so that a bad study writes nothing: the study is already valid
 when it gets here (:func:`scaling.config.schema.load_study`); then the demo data is
-built if the study asks for it, every manifest must exist, the stage graph and its
+built if the study asks for it, every manifest must exist (and be in the pack the study
+reads, if any), the stage graph and its
 ids are computed from the config and the manifest digests, results of an older
 layout and stages whose manifests changed since they started are refused. Only
 then is anything written under ``output_dir``.
@@ -248,12 +249,32 @@ def check_batch_fits_data(study: StudyConfig, subsets: dict[str, SubsetInfo]) ->
                 )
 
 
+def check_pack(study: StudyConfig, subsets: dict[str, SubsetInfo]) -> None:
+    """With ``data.packed``: the pack opens and holds every image of every manifest the
+    study reads (a stage would fail on it inside Ray, after its retries); located at
+    ``data.packed``. Reads the pack's index and the manifests' keys, not the shards."""
+    if not study.data.packed:
+        return
+    from subsets.errors import SubsetError
+    from subsets.manifest import read_manifest
+    from subsets.shards import open_pack
+
+    try:
+        pack = open_pack(study.data.packed)
+        for name in subsets:
+            table, _ = read_manifest(study.data.manifest(name), columns=["key"])
+            pack.rows_of(table.column("key").to_numpy(), name)
+    except SubsetError as err:
+        raise located(study, "data.packed", str(err)) from None
+
+
 def prepare_run(study: StudyConfig, store: ResultStore) -> RunSet:
     """Demo data, manifests, the stage graph, conflicts and the done/to-do split; writes no
     results (prefix seeding of a grown study happens in :func:`write_study_record`)."""
     ensure_demo(study)
     subsets = check_manifests(study)
     check_batch_fits_data(study, subsets)
+    check_pack(study, subsets)
     graph = study_graph(study, subsets)
     refuse_old_layout(study, store)
     problems = digest_conflicts(store, graph)

@@ -214,3 +214,20 @@ def test_a_manifest_rebuilt_after_planning_refuses_the_stage(tmp_path: Path, dat
     store.write_json(f"{stage.dir}/stage.json", record)
     with pytest.raises(ConfigError, match=r"manifests changed since it was planned: demo-val"):
         _check_digests(job, stage.cell, store)
+
+
+def test_a_rerun_runs_a_stage_that_failed_before_and_then_its_fine_tune(
+    tmp_path: Path, data: Path, local_ray: None, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    finetune = {"enabled": True, "image_size": 32, "epochs": 0.05, "batch_size": 8}
+    path, study = study_at(tmp_path, data, "rerun", finetune=finetune)
+    monkeypatch.setenv("MIMSCALE_NAN_AT", "0:3")  # pre-training fails: a non-finite loss
+    assert main(["run", str(path), "--no-report"]) == 1
+    assert "grid: 0 stages completed, 2 failed" in capsys.readouterr().out
+    monkeypatch.delenv("MIMSCALE_NAN_AT")
+    # the earlier failures are not this run's: pre-training runs, then its fine-tune
+    assert main(["run", str(path), "--no-report"]) == 0
+    captured = capsys.readouterr()
+    assert "grid: 2 stages completed, 0 failed" in captured.out, captured.out + captured.err
+    cells = ResultStore(study.output_dir).read_table("cells.parquet").to_pandas()
+    assert list(cells["status"]) == ["complete"] and cells["finetune_top1"].notna().all()

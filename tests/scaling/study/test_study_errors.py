@@ -255,3 +255,32 @@ def test_a_subset_smaller_than_a_batch_is_refused_before_ray(
         "batch (pretrain.batch_size = 32 for swinv2-nano)"
     ), err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["not a pack", "damaged index", "manifest not packed"])
+def test_a_pack_that_cannot_serve_the_study_is_refused_before_ray(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    from subsets.pack import PackConfig, pack_manifests
+
+    pack = tmp_path / "pack"
+    packed = ("demo-val",) if damage == "manifest not packed" else ("demo-25pct", "demo-val")
+    manifests = tuple(data / "manifests" / f"{n}.parquet" for n in packed)
+    pack_manifests(PackConfig(manifests=manifests, root=data, out_dir=pack))
+    if damage == "not a pack":
+        (pack / "index.parquet").unlink()
+    elif damage == "damaged index":
+        index = pack / "index.parquet"
+        index.write_bytes(index.read_bytes()[:-100])  # truncated: no footer
+    tables = tiny_tables(data, tmp_path / "out", data={"packed": str(pack)})
+    path = write_study(tmp_path / "s.toml", tables)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    message = {
+        "not a pack": r"no index\.parquet \(not a pack\?\)",
+        "damaged index": r"unreadable index\.parquet: ",
+        "manifest not packed": r"demo-25pct: \d+ of its \d+ images are not in the pack",
+    }[damage]
+    line = line_of_key(path, "data", "packed")
+    assert re.match(rf"error: {re.escape(str(path))}:{line}: data\.packed: .*{message}", err), err
+    assert not (tmp_path / "out").exists()
