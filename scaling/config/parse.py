@@ -174,6 +174,12 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
         raise ConfigError("", f"no such file: {path}") from None
     except OSError as err:
         raise ConfigError("", f"cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        data = path.read_bytes()
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(
+            "", f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); TOML is UTF-8"
+        ) from None
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as err:

@@ -320,6 +320,12 @@ def test_unreadable_files(tmp_path: Path) -> None:
     bad.write_text("name = \n")
     with pytest.raises(ConfigError, match=r"bad\.toml: invalid TOML"):
         load_study(bad)
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('name = "x"\n# r\u00e9sum\u00e9\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.toml:2: not UTF-8 text \(byte 0xe9\)"):
+        load_study(latin1)
+    with pytest.raises(ConfigError, match=r"cannot read .*: Is a directory"):
+        load_study(tmp_path)
 
 
 def test_stage_ids_are_stable_and_depend_on_what_determines_them(
