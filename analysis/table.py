@@ -175,6 +175,18 @@ def _resolve(source: str | Path) -> tuple[pafs.FileSystem, str]:
         raise AnalysisError(f"{text}: cannot open: {err}") from err
 
 
+def _utf8(data: bytes, name: str) -> str:
+    """A CSV's text; not UTF-8: the line and the byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise AnalysisError(
+            f"{name}: line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); "
+            "save the table as UTF-8"
+        ) from None
+
+
 def _read(fs: pafs.FileSystem, path: str, name: str) -> pd.DataFrame:
     suffix = PurePosixPath(path).suffix.lower()
     if suffix not in TABLE_SUFFIXES:
@@ -188,8 +200,11 @@ def _read(fs: pafs.FileSystem, path: str, name: str) -> pd.DataFrame:
         with fs.open_input_file(path) as handle:
             if suffix != ".csv":
                 return _indexed(pd.read_parquet(handle), "row")
-            text = blank_comments(handle.read().decode("utf-8-sig"))
+            data = handle.read()
+        text = blank_comments(_utf8(data, name))
         df = pd.read_csv(io.StringIO(text))
+    except AnalysisError:
+        raise
     except Exception as err:
         raise AnalysisError(f"{name}: cannot read table: {err}") from err
     lines = csv_lines(text)

@@ -140,6 +140,15 @@ def test_header_only_file_without_columns(tmp_path: Path) -> None:
         load_results(path)
 
 
+def test_a_csv_that_is_not_utf8_names_its_line(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "latin1.csv", synthetic_cells().head(3))
+    lines = path.read_text().splitlines()
+    lines[2] = "\u00e9" + lines[2]  # a Latin-1 byte on line 3
+    path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    with pytest.raises(AnalysisError, match=r"latin1\.csv: line 3: not UTF-8 text \(byte 0xe9\)"):
+        load_results(path)
+
+
 def test_unreadable_parquet(tmp_path: Path) -> None:
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"not a parquet file at all")
