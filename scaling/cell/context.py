@@ -8,28 +8,33 @@ the device choice, and the fault injection the reliability tests use
 pre-training, or of fine-tuning; the marker file records that it did;
 ``MIMSCALE_NAN_AT="<rank>:<n>"`` makes one rank's loss NaN from its n-th training
 forward). A phase of several ranks checkpoints its model and optimizer as DCP shards
-(:class:`Shards`, :mod:`scaling.train.shards`); the final encoder is gathered into one
-file.
+(:mod:`scaling.cell.saving`), written in the background when asked; the final encoder is
+gathered into one file.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 import posixpath
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
+from scaling.cell.saving import (
+    Shards,
+    previous_name,
+    shard_state,
+    start_shards,
+    write_checkpoint,
+)
 from scaling.config.schema import CellConfig
 from scaling.errors import UserError
 from scaling.train.checkpoint import checkpoint_bytes, read_checkpoint
-from scaling.train.shards import PendingSave, gather_full, save_shards
+from scaling.train.shards import gather_full
 
 log = logging.getLogger(__name__)
 
@@ -54,71 +59,6 @@ class CellStore(Protocol):
     def write_stage_result(
         self, kind: str, row: dict[str, Any], points: list[dict[str, Any]]
     ) -> None: ...
-
-
-@dataclass
-class Commit:
-    """An asynchronous save under way, and the checkpoint blob rank 0 writes once it is
-    durable (built when the save started: the state of that step, naming its shards)."""
-
-    save: PendingSave
-    rel: str
-    blob: bytes | None
-    """Rank 0's; None on the other ranks."""
-
-
-@dataclass
-class Shards:
-    """A phase of several ranks: its checkpoints keep model, optimizer and every rank's RNG
-    streams as DCP shards (:mod:`scaling.train.shards`), each rank writing its own."""
-
-    model: Any
-    optimizer: Any = None
-    slots: list[str] = field(default_factory=list)
-    """Shard folders the newest checkpoints name, newest first (never overwritten)."""
-    asynchronous: bool = False
-    """Write the shards in the background (``resources.async_checkpoint``)."""
-    group: Any = None
-    """The gloo group background writes use (:func:`~scaling.train.shards.background_group`)."""
-    pending: Commit | None = None
-    """The asynchronous save under way (at most one); its slot counts as taken."""
-
-    def next_slot(self, checkpoint_rel: str) -> str:
-        """One of three folders beside the checkpoint, none of the two newest ones (the
-        caller commits or abandons a pending save first, so these are committed ones)."""
-        root = posixpath.splitext(checkpoint_rel)[0] + ".shards"
-        free = next(f"{root}/{i}" for i in range(3) if f"{root}/{i}" not in self.slots[:2])
-        self.slots.insert(0, free)
-        return free
-
-
-def _named(state: dict[str, Any], rel: str) -> dict[str, Any]:
-    """``state`` without model and optimizer, naming the shards at ``rel`` instead."""
-    rest = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
-    return {**rest, "shards": rel}
-
-
-def shard_state(ctx: TrialContext, rel: str, state: dict[str, Any]) -> dict[str, Any]:
-    """``state`` with its model and optimizer written as DCP shards at ``rel`` (collective):
-    what remains names them. Without shards: ``state`` with DTensors made whole."""
-    if ctx.shards is not None and "model" in state:
-        s = ctx.shards
-        save_shards(ctx.store, rel, s.model, s.optimizer, rank=ctx.rank, device=ctx.device)
-        state = _named(state, rel)
-    return gather_full(state)  # e.g. the final encoder under FSDP2: one file
-
-
-def start_shards(ctx: TrialContext, name: str, rel: str, state: dict[str, Any]) -> Commit:
-    """Start writing ``state``'s model and optimizer as DCP shards at ``rel`` in the
-    background (collective); rank 0 keeps the blob of the rest for :meth:`TrialContext.flush`."""
-    s = ctx.shards
-    assert s is not None
-    save = save_shards(
-        ctx.store, rel, s.model, s.optimizer, rank=ctx.rank, device=ctx.device,
-        asynchronous=True, group=s.group,
-    )  # fmt: skip
-    rest = gather_full(_named(state, rel))
-    return Commit(save, ctx.rel(name), checkpoint_bytes(rest) if ctx.is_main else None)
 
 
 @dataclass
@@ -185,28 +125,20 @@ class TrialContext:
         else:
             state = gather_full(state)
         if self.is_main:
-            self._commit(self.rel(name), checkpoint_bytes(state))
-
-    def _commit(self, rel: str, blob: bytes) -> None:
-        self.store.move(rel, previous_name(rel))
-        self.store.write_bytes(rel, blob)
+            write_checkpoint(self.store, self.rel(name), checkpoint_bytes(state))
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait for the asynchronous save under way (every rank calls it); rank 0 then
-        writes its checkpoint. A failed write raises
-        :class:`~scaling.train.shards.CheckpointWriteError` naming it; the previous
-        checkpoint stays the one named."""
+        """Wait for the asynchronous save under way (every rank calls it: before the next
+        save, the phase's result, the end of its process group) until its checkpoint is
+        written. A failed write raises :class:`~scaling.train.shards.CheckpointWriteError`
+        naming it; the previous checkpoint stays the one named."""
         pending = self.shards.pending if self.shards is not None else None
-        if pending is None:
-            return
-        self.shards.pending = None
-        pending.save.wait(timeout)
-        if pending.blob is not None:
-            self._commit(pending.rel, pending.blob)
-            log.info("checkpoint %s committed (%s)", pending.rel, pending.save.rel)
+        if pending is not None:
+            self.shards.pending = None
+            pending.wait(timeout)
 
     def settle(self, timeout: float = SETTLE_S) -> None:
-        """After a failure: commit the save under way if it completes within ``timeout``,
+        """After a failure: let the save under way finish if it does within ``timeout``,
         else keep the previous checkpoint (logged); never raises."""
         try:
             self.flush(timeout)
@@ -242,25 +174,6 @@ def load_checkpoint(store: CellStore, rel: str) -> dict[str, Any] | None:
     if damaged:
         log.warning("%s: no readable checkpoint left; the stage starts afresh", damaged[0])
     return None
-
-
-def previous_name(name: str) -> str:
-    """Where a checkpoint's predecessor is kept: ``checkpoint.pt`` → ``checkpoint.prev.pt``."""
-    root, ext = posixpath.splitext(name)
-    return f"{root}.prev{ext}"
-
-
-def committed_slots(store: CellStore, rel: str, newest: str) -> list[str]:
-    """The shard folders a phase resumed from ``newest`` keeps (newest first): that one and
-    the one the previous checkpoint names, so that no later save overwrites either."""
-    slots = [newest]
-    data = store.read_bytes(previous_name(rel))
-    if data is not None:
-        with contextlib.suppress(Exception):  # a damaged predecessor names nothing
-            older = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            if older.get("shards") not in (None, newest):
-                slots.append(older["shards"])
-    return slots
 
 
 def seed_checkpoint(ctx: TrialContext, targets: list[str], state: dict[str, Any]) -> None:

@@ -25,13 +25,12 @@ from torch import nn
 
 from scaling.cell.context import (
     CellError,
-    Shards,
     TrialContext,
-    committed_slots,
     maybe_inject_fault,
     maybe_inject_nan,
     seed_checkpoint,
 )
+from scaling.cell.saving import Shards, committed_slots
 from scaling.cell.tracking import Throughput
 from scaling.config.rules import micro_batch
 from scaling.errors import UserError
@@ -262,7 +261,7 @@ class PhaseRunner:
             # (seed, step, rank), which is exact only when nothing draws from it
             torch.manual_seed(rank_seed(self.seed * 1_000_003 + step, ctx.rank))
             log.warning(
-                "stage %s resumes on %d ranks from a checkpoint of another rank count: "
+                "stage %s resumes on %d rank(s) from a checkpoint of another rank count: "
                 "weights and optimizer are exact, drop-path draws restart from (seed, step, "
                 "rank), so the run equals an uninterrupted one only with drop_path = 0",
                 ctx.stage_id,

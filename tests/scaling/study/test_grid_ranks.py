@@ -1,6 +1,6 @@
 """Cells over 2 ranks on a local Ray instance (real Ray Train, gloo): a user error on one
 rank fails the stage at once (no retries), and an FSDP2 cell that crashes mid-run resumes
-from its sharded checkpoint to the losses of an uninterrupted run."""
+from its sharded checkpoint (written asynchronously) to the losses of an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -68,6 +68,11 @@ def test_fsdp_cell_crashes_and_resumes_from_its_shards_exactly(
     shards = sorted(p.name for p in (tmp_path / "crash").rglob("*.distcp"))
     assert shards and {"__0_0.distcp", "__1_0.distcp"} <= set(shards)
     assert _curve(tmp_path / "crash") == _curve(tmp_path / "plain")
+    # the shards were written in the background (resources.async_checkpoint, the default)
+    # and named by rank 0 once durable
+    (log,) = (tmp_path / "crash").rglob("stages/pretrain/*/log.txt")
+    named = r"checkpoint \S+/checkpoint\.pt names \S+/checkpoint\.shards/[012]\n"
+    assert re.search(named, log.read_text()), log.read_text()
     # the final encoder is one file of whole tensors, as from one rank
     import torch
 
