@@ -41,12 +41,14 @@ import pyarrow.parquet as pq
 
 from subsets.errors import SubsetError
 from subsets.keys import rank_keys
-from subsets.manifest import read_manifest
+from subsets.manifest import manifest_digest, read_manifest
 from subsets.outdir import check_out_folder
 from subsets.packlayout import (
+    INDEX_DIGEST,
     INDEX_NAME,
     PACK_FORMAT,
     PACK_KEY,
+    index_digest,
     order_rows,
     union_rows,
 )
@@ -111,6 +113,7 @@ def _index_table(keys, paths, where, meta: dict) -> pa.Table:
             "offset": pa.array(offset_of, pa.int64()),
         }
     )
+    meta = {**meta, INDEX_DIGEST: index_digest(table, meta)}
     return table.replace_schema_metadata({PACK_KEY: json.dumps(meta, sort_keys=True).encode()})
 
 
@@ -133,6 +136,8 @@ def pack_manifests(config: PackConfig) -> PackResult:
     check_out_folder(config.out_dir, "--out")
     if (config.out_dir / INDEX_NAME).exists() and not config.force:
         raise SubsetError(f"{config.out_dir} already holds a pack; pass --force to replace it")
+    for manifest in config.manifests:  # every row as it was built (a damaged key would
+        manifest_digest(manifest)  # file an image under another image's key)
     loaded = sorted(
         ((*read_manifest(m, columns=["path", "key"]), m) for m in config.manifests),
         key=lambda t: (t[1].name, str(t[2])),
@@ -159,7 +164,8 @@ def pack_manifests(config: PackConfig) -> PackResult:
             "block_rows": config.block_rows,
             "shard_bytes": config.shard_bytes,
         }
-        pq.write_table(_index_table(keys, paths, where, meta), tmp / INDEX_NAME)
+        index = _index_table(keys, paths, where, meta)
+        pq.write_table(index, tmp / INDEX_NAME, write_page_checksum=True)
         _move_into_place(tmp, config.out_dir, [s["file"] for s in shards])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -48,7 +48,7 @@ def register_pack(sub: Any) -> None:
     pack.add_argument("--workers", type=int, default=8, help="reading threads (default: 8)")
     pack.add_argument("--force", action="store_true", help="replace a pack in --out")
     pack.set_defaults(func=run_pack)
-    check = sub.add_parser("pack-verify", help="recompute the shard digests of a pack")
+    check = sub.add_parser("pack-verify", help="check the index (its digest) and recompute the shard digests of a pack")
     check.add_argument("location", metavar="PACK", help="pack folder or URI (s3://…)")
     check.set_defaults(func=run_pack_verify)
 
@@ -82,10 +82,13 @@ def run_pack(args: argparse.Namespace) -> int:
 
 
 def run_pack_verify(args: argparse.Namespace) -> int:
+    from subsets.packlayout import INDEX_NAME
     from subsets.shards import open_pack
 
     pack = open_pack(args.location)
     problems = pack.verify()
+    index = problems.get(INDEX_NAME)
+    print(f"{INDEX_NAME}: {'FAILED: ' + index if index else 'OK'}")
     for shard in pack.shards:
         problem = problems.get(shard["file"])
         print(f"{shard['file']}: {'FAILED: ' + problem if problem else 'OK'}")

@@ -8,6 +8,9 @@ prefixes, then by a fixed hash of the key.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import pyarrow as pa
 
@@ -22,6 +25,32 @@ SHARD_SCHEMA = pa.schema(
     [pa.field("key", pa.uint64(), nullable=False), pa.field("image", pa.binary(), nullable=False)]
 )
 INDEX_COLUMNS = ("key", "path", "shard", "block", "row", "size", "offset")
+INDEX_DIGEST = "index_digest"
+"""Key, in the index's pack metadata, of :func:`index_digest` (packs from before it have
+none: their index is read unchecked)."""
+
+
+def index_digest(table: pa.Table, meta: dict) -> str:
+    """blake2b of an index: its pack metadata but this digest (canonical JSON), then its
+    columns, whatever their chunking: every integer column as little-endian int64, the
+    paths as their lengths then their UTF-8 bytes."""
+    digest = hashlib.blake2b(digest_size=16)
+    rest = {k: v for k, v in meta.items() if k != INDEX_DIGEST}
+    digest.update(json.dumps(rest, sort_keys=True).encode())
+    for name in INDEX_COLUMNS:
+        column = table.column(name).combine_chunks()
+        if name == "path":
+            _, offsets_buffer, data = column.buffers()
+            width = np.int64 if pa.types.is_large_string(column.type) else np.int32
+            offsets = np.frombuffer(offsets_buffer or b"\0" * 8, dtype=width)
+            offsets = offsets[column.offset : column.offset + len(column) + 1].astype(np.int64)
+            digest.update(np.diff(offsets).astype("<i8").tobytes())
+            digest.update(b"" if data is None else data[offsets[0] : offsets[-1]])
+        else:
+            digest.update(to_numpy(column).astype("<i8").tobytes())
+    return digest.hexdigest()
+
+
 MAX_MANIFESTS = 64
 
 

@@ -44,7 +44,14 @@ import pyarrow.parquet as pq
 
 from subsets.arrow import to_numpy
 from subsets.errors import SubsetError
-from subsets.packlayout import INDEX_COLUMNS, INDEX_NAME, PACK_FORMAT, PACK_KEY
+from subsets.packlayout import (
+    INDEX_COLUMNS,
+    INDEX_DIGEST,
+    INDEX_NAME,
+    PACK_FORMAT,
+    PACK_KEY,
+    index_digest,
+)
 
 _EPOCH_TAG = 0x5348415244  # "SHARD": the epoch order's own random stream
 
@@ -68,8 +75,24 @@ class Pack:
         self.location = str(location)
         self._filesystem = filesystem
         self.fs, self.base = _resolve(self.location, filesystem)
+        self._by_key: np.ndarray | None = None
+        self._open: dict[int, pa.NativeFile] = {}
+        self._maps: dict[int, mmap.mmap] = {}
+        self._local = isinstance(self.fs, pafs.LocalFileSystem) and filesystem is None
+        self._pid = os.getpid()
         index = self._read_index()
         self.meta: dict[str, Any] = json.loads(index.schema.metadata[PACK_KEY])
+        try:
+            self._layout(index)
+        except (KeyError, TypeError, ValueError, IndexError) as err:  # damaged metadata
+            raise SubsetError(
+                f"pack {self.location}: {INDEX_NAME} does not describe its shards "
+                f"({type(err).__name__}: {err}); repack, or check it with "
+                "`mimscale subsets pack-verify`"
+            ) from None
+
+    def _layout(self, index: pa.Table) -> None:
+        """Shards, rows and blocks from the index (its columns and metadata)."""
         self.shards: list[dict[str, Any]] = self.meta["shards"]
         self.keys = to_numpy(index.column("key"))
         self.paths = index.column("path")
@@ -84,25 +107,38 @@ class Pack:
         self.block_starts = np.append(starts, len(self.keys))
         self.block_shard = shard[starts]
         self.block_group = block[starts]
-        self._by_key: np.ndarray | None = None
-        self._open: dict[int, pa.NativeFile] = {}
-        self._maps: dict[int, mmap.mmap] = {}
-        self._local = isinstance(self.fs, pafs.LocalFileSystem) and filesystem is None
-        self._pid = os.getpid()
 
     def _read_index(self) -> pa.Table:
         path = f"{self.base}/{INDEX_NAME}"
         try:
-            with self.fs.open_input_file(path) as fh:
-                index = pq.read_table(fh, columns=list(INDEX_COLUMNS))
+            with self.fs.open_input_file(path) as fh:  # page checksums: flipped bytes
+                index = pq.read_table(
+                    fh, columns=list(INDEX_COLUMNS), page_checksum_verification=True
+                )
         except FileNotFoundError:
             raise SubsetError(f"pack {self.location}: no {INDEX_NAME} (not a pack?)") from None
         except (pa.ArrowException, OSError, KeyError) as err:
             raise SubsetError(f"pack {self.location}: unreadable {INDEX_NAME}: {err}") from None
         raw = (index.schema.metadata or {}).get(PACK_KEY)
-        if raw is None or json.loads(raw).get("format", 0) > PACK_FORMAT:
+        try:
+            meta = json.loads(raw) if raw is not None else None
+        except ValueError:  # a flipped byte in the footer's metadata
+            meta = None
+        if not isinstance(meta, dict) or meta.get("format", 0) > PACK_FORMAT:
             raise SubsetError(f"pack {self.location}: {INDEX_NAME} is not a pack index this reads")
+        self._index = index
         return index
+
+    def verify_index(self) -> str | None:
+        """The index's columns against the digest it records (None: intact, or a pack from
+        before index digests); else what is wrong. Reads nothing more."""
+        recorded = self.meta.get(INDEX_DIGEST)
+        if recorded is None:
+            return None
+        actual = index_digest(self._index, self.meta)
+        if actual != recorded:
+            return f"digest {actual}, its metadata says {recorded} (the index was changed)"
+        return None
 
     def __reduce__(self) -> tuple[Any, ...]:  # data-loader workers reopen it by location
         return (Pack, (self.location, self._filesystem))
@@ -208,8 +244,12 @@ class Pack:
         return out
 
     def verify(self, shards: list[int] | None = None) -> dict[str, str]:
-        """Recompute shard digests (one sequential read each); {file: problem}."""
+        """The index's digest, then every shard's (one sequential read each; ``shards``:
+        only those); {file: problem}."""
         problems = {}
+        index_problem = self.verify_index() if shards is None else None
+        if index_problem:
+            problems[INDEX_NAME] = index_problem
         for i in range(len(self.shards)) if shards is None else shards:
             info = self.shards[i]
             digest = hashlib.blake2b(digest_size=16)

@@ -251,8 +251,9 @@ def check_batch_fits_data(study: StudyConfig, subsets: dict[str, SubsetInfo]) ->
 
 def check_pack(study: StudyConfig, subsets: dict[str, SubsetInfo]) -> None:
     """With ``data.packed``: the pack opens and holds every image of every manifest the
-    study reads (a stage would fail on it inside Ray, after its retries); located at
-    ``data.packed``. Reads the pack's index and the manifests' keys, not the shards."""
+    study reads (a stage would fail on it inside Ray, after its retries), and its index
+    is intact (its digest); located at ``data.packed``. Reads the pack's index and the
+    manifests' keys, not the shards (``mimscale subsets pack-verify`` reads those)."""
     if not study.data.packed:
         return
     from subsets.errors import SubsetError
@@ -261,6 +262,9 @@ def check_pack(study: StudyConfig, subsets: dict[str, SubsetInfo]) -> None:
 
     try:
         pack = open_pack(study.data.packed)
+        problem = pack.verify_index()
+        if problem:
+            raise SubsetError(f"pack {study.data.packed}: index.parquet: {problem}")
         for name in subsets:
             table, _ = read_manifest(study.data.manifest(name), columns=["key"])
             pack.rows_of(table.column("key").to_numpy(), name)

@@ -228,3 +228,57 @@ def test_a_damaged_local_shard_names_its_file_and_block(data, tmp_path: Path, da
     message = rf"pack .*p: shard-00001\.parquet block {group}: \d+ of \d+ bytes"
     with pytest.raises(SubsetError, match=message):
         pack.block_bytes(last)
+
+
+def _edit_index(out: Path) -> None:
+    """Rewrite the index with one offset moved, its metadata kept: valid Parquet, page
+    checksums and all (as a tool that rewrote it would leave it)."""
+    import pyarrow as pa
+
+    index = pq.read_table(out / "index.parquet")
+    offsets = index.column("offset").to_numpy().copy()
+    offsets[3] += 1
+    column = index.schema.get_field_index("offset")
+    index = index.set_column(column, "offset", pa.array(offsets))
+    pq.write_table(index, out / "index.parquet", write_page_checksum=True)
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "edited"])
+def test_pack_verify_checks_the_index(data, tmp_path: Path, capsys, damage: str) -> None:
+    root, manifests, _ = data
+    out = _pack(root, _manifests(manifests)[:1], tmp_path / "p")
+    index = out / "index.parquet"
+    if damage == "edited":
+        _edit_index(out)
+    else:
+        raw = bytearray(index.read_bytes())
+        raw[len(raw) // 4] ^= 0x10  # inside the first column's data page
+        index.write_bytes(bytes(raw))
+    capsys.readouterr()
+    code = main(["subsets", "pack-verify", str(out)])
+    captured = capsys.readouterr()
+    if damage == "edited":
+        assert code == 1
+        assert re.search(r"^index\.parquet: FAILED: digest [0-9a-f]{32}, its metadata says",
+                         captured.out, re.M)  # fmt: skip
+        assert "shard-00000.parquet: OK" in captured.out
+    else:
+        assert code == 2
+        assert re.search(r"error: pack .*p: unreadable index\.parquet: .*CRC", captured.err)
+
+
+def test_a_manifest_changed_after_it_was_built_is_not_packed(data, tmp_path: Path, capsys):
+    import pyarrow as pa
+
+    root, manifests, _ = data
+    source = manifests / "in1k-10pct.parquet"
+    table = pq.read_table(source)
+    keys = table.column("key").to_numpy().copy()
+    keys[2] ^= 1
+    edited = table.set_column(table.schema.get_field_index("key"), "key", pa.array(keys))
+    pq.write_table(edited.replace_schema_metadata(table.schema.metadata), tmp_path / "m.parquet")
+    argv = ["subsets", "pack", str(tmp_path / "m.parquet"), "--root", str(root)]
+    assert main([*argv, "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"m\.parquet: the rows were changed after the manifest was built \(row 2", err)
+    assert not (tmp_path / "p").exists()

@@ -257,7 +257,9 @@ def test_a_subset_smaller_than_a_batch_is_refused_before_ray(
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("damage", ["not a pack", "damaged index", "manifest not packed"])
+@pytest.mark.parametrize(
+    "damage", ["not a pack", "damaged index", "edited index", "manifest not packed"]
+)
 def test_a_pack_that_cannot_serve_the_study_is_refused_before_ray(
     tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str], damage: str
 ) -> None:
@@ -272,6 +274,15 @@ def test_a_pack_that_cannot_serve_the_study_is_refused_before_ray(
     elif damage == "damaged index":
         index = pack / "index.parquet"
         index.write_bytes(index.read_bytes()[:-100])  # truncated: no footer
+    elif damage == "edited index":  # valid Parquet, one size changed, metadata kept
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        index = pq.read_table(pack / "index.parquet")
+        sizes = index.column("size").to_numpy().copy()
+        sizes[0] += 1
+        index = index.set_column(index.schema.get_field_index("size"), "size", pa.array(sizes))
+        pq.write_table(index, pack / "index.parquet")
     tables = tiny_tables(data, tmp_path / "out", data={"packed": str(pack)})
     path = write_study(tmp_path / "s.toml", tables)
     assert main(["run", str(path)]) == 2
@@ -279,6 +290,8 @@ def test_a_pack_that_cannot_serve_the_study_is_refused_before_ray(
     message = {
         "not a pack": r"no index\.parquet \(not a pack\?\)",
         "damaged index": r"unreadable index\.parquet: ",
+        "edited index": r"index\.parquet: digest [0-9a-f]{32}, its metadata says [0-9a-f]{32} "
+        r"\(the index was changed\)",
         "manifest not packed": r"demo-25pct: \d+ of its \d+ images are not in the pack",
     }[damage]
     line = line_of_key(path, "data", "packed")
