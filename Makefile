@@ -21,7 +21,7 @@ test: setup
 	bash scripts/ensure_chromium.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	BROWSER_PATH=$${BROWSER_PATH:-/usr/bin/chromium} $(BIN)/pytest -q -m "slow or not slow"
+	BROWSER_PATH=$${BROWSER_PATH:-/usr/bin/chromium} $(BIN)/pytest -q -m "slow or not slow" --durations=15
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
