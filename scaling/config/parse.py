@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import tomllib
 import types
@@ -80,6 +81,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return {str(k): _convert(v, vtype, f"{key}.{k}") for k, v in value.items()}
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):  # no setting means "infinitely many" or "unknown"
+                raise ConfigError(key, f"must be a finite number, got {value!r}")
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):

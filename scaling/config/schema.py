@@ -53,7 +53,11 @@ class DataConfig:
     """Packed data: blocks shuffled together within an epoch (the shard-aware order)."""
 
     def __post_init__(self) -> None:
-        check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        check(
+            0 <= self.num_workers <= 256,
+            "num_workers",
+            f"must be in [0, 256] (processes per training process), got {self.num_workers}",
+        )
         check(self.shard_window >= 1, "shard_window", f"must be >= 1, got {self.shard_window}")
         for name in ("manifest_dir", "root"):
             check(bool(getattr(self, name)), name, "must not be empty")
@@ -180,6 +184,37 @@ class GridConfig:
         return list(dict.fromkeys(p[0] for p in self._product()))
 
 
+_ZERO = {
+    "val_interval": "only at the end",
+    "val_limit": "every image",
+    "checkpoint_interval": "none but the final one",
+    "mixup": "off",
+    "cutmix": "off",
+    "eval_interval": "only at the end",
+    "clip_grad": "no clipping",
+}
+"""What 0 means for a setting where it is allowed and special."""
+MAX_IMAGE_SIZE = 4096
+"""Largest input side in pixels a recipe takes (the paper's largest is 224)."""
+
+
+def check_recipe_numbers(recipe: Any) -> None:
+    """The ranges the pre-training and fine-tuning recipes share."""
+    for name in ("warmup_lr", "min_lr", "weight_decay"):
+        value = getattr(recipe, name)
+        check(value >= 0, name, f"must be >= 0, got {value}")
+    check(
+        recipe.clip_grad >= 0,
+        "clip_grad",
+        f"must be >= 0 (0: {_ZERO['clip_grad']}), got {recipe.clip_grad}",
+    )
+    check(
+        0 < recipe.image_size <= MAX_IMAGE_SIZE,
+        "image_size",
+        f"must be in [1, {MAX_IMAGE_SIZE}] pixels, got {recipe.image_size}",
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class PretrainConfig:
     batch_size: int = 2048
@@ -257,15 +292,14 @@ class PretrainConfig:
         check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
         check(self.accum_steps > 0, "accum_steps", f"must be > 0, got {self.accum_steps}")
         check(self.base_lr > 0, "base_lr", f"must be > 0, got {self.base_lr}")
+        check_recipe_numbers(self)
         check(
             0 <= self.warmup_fraction < 1,
             "warmup_fraction",
             f"must be in [0, 1), got {self.warmup_fraction}",
         )
         check(self.amp in AMP_MODES, "amp", f"must be one of {AMP_MODES}, got {self.amp!r}")
-        check(self.image_size > 0, "image_size", f"must be > 0, got {self.image_size}")
-        check(self.val_interval >= 0, "val_interval", f"must be >= 0, got {self.val_interval}")
-        check(self.clip_grad >= 0, "clip_grad", f"must be >= 0, got {self.clip_grad}")
+        self._check_pretrain_numbers()
         check(0 <= self.drop_path < 1, "drop_path", f"must be in [0, 1), got {self.drop_path}")
         check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         check(
@@ -301,6 +335,23 @@ class PretrainConfig:
             "schedule",
             f"unknown schedule {self.schedule!r}; valid: {', '.join(sorted(SCHEDULES))}",
         )
+
+    def _check_pretrain_numbers(self) -> None:
+        check(0 < self.gamma <= 1, "gamma", f"must be in (0, 1], got {self.gamma}")
+        check(
+            0 < self.decay_fraction <= 1,
+            "decay_fraction",
+            f"must be in (0, 1], got {self.decay_fraction}",
+        )
+        check(
+            self.norm_target_window >= 1 and self.norm_target_window % 2 == 1,
+            "norm_target_window",
+            f"must be an odd number of pixels >= 1, got {self.norm_target_window}",
+        )
+        for name in ("val_interval", "val_limit", "checkpoint_interval"):
+            value = getattr(self, name)
+            check(value >= 0, name, f"must be >= 0 (0: {_ZERO[name]}), got {value}")
+        check(self.log_interval > 0, "log_interval", f"must be > 0, got {self.log_interval}")
 
     def warmup_for(self, iterations: int) -> int:
         """Warm-up steps of a run of ``iterations`` steps."""
@@ -381,6 +432,12 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        check(self.base_lr > 0, "base_lr", f"must be > 0, got {self.base_lr}")
+        check_recipe_numbers(self)
+        check(0 <= self.drop_path < 1, "drop_path", f"must be in [0, 1), got {self.drop_path}")
+        for name in ("mixup", "cutmix", "eval_interval"):
+            value = getattr(self, name)
+            check(value >= 0, name, f"must be >= 0 (0: {_ZERO[name]}), got {value}")
         names = [t.name for t in self.targets]
         dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
         check(dup is None, "targets", f"two targets are named {dup!r}")
@@ -467,6 +524,11 @@ class ResourcesConfig:
         for model in self.models:
             self.for_model(model)  # each override resolves (errors keyed models.<size>.<key>)
         check(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
+        check(
+            self.max_concurrent >= 0,
+            "max_concurrent",
+            f"must be >= 0 (0: as many as the cluster fits), got {self.max_concurrent}",
+        )
 
     def _default(self) -> CellResources:
         return CellResources(
