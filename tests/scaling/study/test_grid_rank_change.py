@@ -23,9 +23,10 @@ pytestmark = pytest.mark.slow
 
 TWO_RANKS = {"cpus": 0.5, "workers": 2, "max_failures": 0}
 ONE_RANK = {"cpus": 1, "workers": 1, "max_failures": 0}
-RTOL = 1e-4
-"""Relative tolerance after the resume: the 2-rank and 1-rank reductions differ by float
-rounding (~1e-7 per step), which four AdamW steps amplify to ~1e-6 at most here."""
+RTOL = 1e-5
+"""Relative tolerance after the resume: one rank's loss and gradient sums differ from two
+ranks' all-reduced halves by float32 rounding (seen: 2e-8 on the validation loss of the
+same weights, 1.3e-7 on the train loss four steps after the resume)."""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -80,7 +81,10 @@ def test_a_two_rank_cell_resumes_on_one_rank_to_the_uninterrupted_curve(
     got, want = _points(tmp_path / "crash"), _points(tmp_path / "plain")
     assert got.keys() == want.keys() and ("train", 8) in got and ("val", 8) in got
     for (split, step), value in sorted(got.items()):
-        if step <= resumed_at:  # written by the 2-rank run before its crash
+        # train points up to the checkpoint were logged by the 2-rank run; the validation
+        # at the checkpoint's step comes after it (the loop evaluates at a step's start), so
+        # the resumed run computes it on one rank: the same weights, another sum order
+        if split == "train" and step <= resumed_at:
             assert value == want[split, step], (split, step)
         else:
             assert math.isclose(value, want[split, step], rel_tol=RTOL), (split, step)
