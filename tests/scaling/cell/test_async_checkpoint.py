@@ -250,3 +250,37 @@ def test_fsdp_refuses_a_checkpoint_written_by_one_rank(
     )
     with refused:
         runner._restore(one_rank, sharded, torch.optim.AdamW(sharded.parameters()), 2)
+
+
+def test_synchronous_shards_are_named_at_once(phase) -> None:
+    ctx, store = phase
+    ctx.shards.asynchronous = False  # resources.async_checkpoint = false
+    model, optimizer = ctx.shards.model, ctx.shards.optimizer
+    ctx.save("checkpoint.pt", _state(model, optimizer, 1))
+    assert ctx.shards.pending is None
+    assert _named(store) == (1, f"{STAGE}/checkpoint.shards/0")
+    assert _equal(_resumed(store), _weights(model))
+
+
+def test_async_checkpoint_is_a_resource_per_model_outside_stage_identity(tiny_cell) -> None:
+    import dataclasses
+
+    from scaling.config.identity import manifest_digests, pretrain_id
+    from scaling.config.parse import ConfigError, from_dict
+    from scaling.config.schema import CellResources, ResourcesConfig
+
+    resources = from_dict(
+        ResourcesConfig,
+        {"workers": 2, "models": {"swinv2-g": {"async_checkpoint": False}}},
+        "resources",
+    )
+    assert resources.for_model("swinv2-nano").async_checkpoint
+    assert not resources.for_model("swinv2-g").async_checkpoint
+    with pytest.raises(
+        ConfigError, match=r"^resources\.models\.swinv2-g\.async_checkpoint: expected bool, got 1$"
+    ):
+        from_dict(ResourcesConfig, {"models": {"swinv2-g": {"async_checkpoint": 1}}}, "resources")
+    cell = tiny_cell()
+    waiting = dataclasses.replace(cell, resources=CellResources(async_checkpoint=False))
+    digests = manifest_digests(cell)
+    assert pretrain_id(cell, digests) == pretrain_id(waiting, digests)  # switching reruns nothing
