@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from scaling.argtypes import number_in
+
 # Mirrors analysis.validate.CELL_COLUMNS, which this light module cannot import (pandas).
 REQUIRED_COLUMNS = (
     "model", "params_m", "data", "n_train_images", "iterations", "val_loss", "finetune_top1",
@@ -40,7 +42,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--curves", metavar="TABLE", help="curves table (CSV/Parquet) for an external SOURCE"
     )
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument(
+        "--seed", type=number_in(int, 0, 2**32 - 1), default=0, help="bootstrap seed (default 0)"
+    )
     parser.add_argument(
         "--reference",
         metavar="NAME",

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from scaling.argtypes import number_in
+
 
 def _csv_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
@@ -92,17 +94,21 @@ def register(subparsers: Any) -> None:
         "only these)",
     )
     out.add_argument("--name-prefix", help="prefix of generated names (default: source kind)")
-    out.add_argument("--seed", type=int, default=0, help="selection seed (default: 0)")
+    out.add_argument(
+        "--seed", type=number_in(int, 0, 2**63 - 1), default=0, help="selection seed (default: 0)"
+    )
     out.add_argument(
         "--holdout-per-class",
-        type=int,
+        type=number_in(int, 1),
         default=None,
         help="in22k-val: held-out images per class (default: 5)",
     )
     out.add_argument(
         "--force", action="store_true", help="overwrite manifests built from another source or seed"
     )
-    build.add_argument("--workers", type=int, default=8, help="scanning threads (default: 8)")
+    build.add_argument(
+        "--workers", type=number_in(int, 1, 1024), default=8, help="scanning threads (default: 8)"
+    )
     build.set_defaults(func=run_build)
 
     verify = sub.add_parser(
@@ -115,8 +121,12 @@ def register(subparsers: Any) -> None:
     verify.add_argument("manifests", nargs="+", type=Path, metavar="MANIFEST")
     verify.add_argument("--root", type=Path, required=True, help="data root")
     verify.add_argument("--decode", action="store_true", help="also decode every image")
-    verify.add_argument("--workers", type=int, default=8, help="threads (default: 8)")
-    verify.add_argument("--limit", type=int, default=10, help="offenders shown per problem")
+    verify.add_argument(
+        "--workers", type=number_in(int, 1, 1024), default=8, help="threads (default: 8)"
+    )
+    verify.add_argument(
+        "--limit", type=number_in(int, 0), default=10, help="offenders shown per problem"
+    )
     verify.set_defaults(func=run_verify)
 
     from subsets.packcli import register_pack  # light: the handlers import what they need

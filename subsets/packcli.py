@@ -9,6 +9,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from scaling.argtypes import number_in
+
 
 def _size(text: str) -> int:
     """``'768M'``, ``'1G'``, ``'64k'`` or a plain number of bytes."""
@@ -21,6 +23,8 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size (bytes, or with k/M/G): {text!r}") from None
     if not value >= 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text!r}")
+    if not value <= 1 << 50:  # a petabyte: also inf, which int() cannot take
+        raise argparse.ArgumentTypeError(f"must be at most 1P bytes, got {text!r}")
     return int(value)
 
 
@@ -44,11 +48,17 @@ def register_pack(sub: Any) -> None:
     pack.add_argument(
         "--block-size", type=_size, default="16M", help="bytes per block (one read); 16M"
     )
-    pack.add_argument("--block-rows", type=int, default=4096, help="rows per block at most")
-    pack.add_argument("--workers", type=int, default=8, help="reading threads (default: 8)")
+    pack.add_argument(
+        "--block-rows", type=number_in(int, 1), default=4096, help="rows per block at most"
+    )
+    pack.add_argument(
+        "--workers", type=number_in(int, 1, 1024), default=8, help="reading threads (default: 8)"
+    )
     pack.add_argument("--force", action="store_true", help="replace a pack in --out")
     pack.set_defaults(func=run_pack)
-    check = sub.add_parser("pack-verify", help="check the index (its digest) and recompute the shard digests of a pack")
+    check = sub.add_parser(
+        "pack-verify", help="check the index (its digest) and recompute the shard digests of a pack"
+    )
     check.add_argument("location", metavar="PACK", help="pack folder or URI (s3://…)")
     check.set_defaults(func=run_pack_verify)
 

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scaling.argtypes import number_in
+
 if TYPE_CHECKING:
     from scaling.config.schema import StudyConfig
     from scaling.study.stages import StageGraph
@@ -42,7 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     _study_args(p)
     p.add_argument("id", metavar="STAGE_OR_CELL_ID")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the stages end")
-    p.add_argument("--poll", type=float, default=1.0, metavar="S", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--poll",
+        type=number_in(float, 0.01, 3600),
+        default=1.0,
+        metavar="S",
+        help=argparse.SUPPRESS,
+    )
     p.set_defaults(func=logs_command)
     p = sub.add_parser(
         "export",

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from scaling.argtypes import number_in
 from scaling.study.run_verb import _job_order, run_command
 
 if TYPE_CHECKING:
@@ -49,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the stated utilization of the stated peak.",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--mfu", type=float, default=None, help="assumed MFU (default 0.40)")
+    p.add_argument(
+        "--mfu", type=number_in(float, 0.01, 1), default=None, help="assumed MFU (default 0.40)"
+    )
     p.add_argument(
         "--peak-tflops",
         type=float,
@@ -85,7 +88,7 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--progress-interval",
-        type=float,
+        type=number_in(float, 0.1, 86400),
         default=10.0,
         metavar="S",
         help="seconds between progress tables (default 10)",
@@ -93,7 +96,7 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-report", action="store_true", help="skip the analysis report")
     p.add_argument(
         "--connect-timeout",
-        type=float,
+        type=number_in(float, 1, 86400),
         default=60.0,
         metavar="S",
         help="seconds to reach a cluster given by --address / RAY_ADDRESS (default 60)",

@@ -14,6 +14,7 @@ from study_helpers import REPO, tiny_tables, write_study
 SCALING = REPO / "scaling"
 RANK = {
     "errors": 0,
+    "argtypes": 0,
     "data": 1,
     "train": 2,
     "model": 3,

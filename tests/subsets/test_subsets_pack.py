@@ -157,7 +157,9 @@ def test_a_missing_image_writes_nothing(data, tmp_path: Path, capsys) -> None:
     [
         (["--shard-size", "0"], r"--shard-size: must be at least 1 byte, got '0'"),
         (["--block-size", "lots"], r"--block-size: not a size \(bytes, or with k/M/G\): 'lots'"),
-        (["--workers", "0"], r"error: --workers: must be >= 1, got 0"),
+        (["--workers", "0"], r"argument --workers: must be in \[1, 1024\], got '0'"),
+        (["--block-rows", "nan"], r"argument --block-rows: not int: 'nan'"),
+        (["--shard-size", "1e400"], r"argument --shard-size: must be at most 1P bytes"),
         (["--root", "{tmp}/nope"], r"error: --root .*nope: no such folder"),
         (["--out", "{manifest}"], r"error: --out .*in1k-10pct\.parquet: not a folder"),
     ],
