@@ -6,10 +6,14 @@ precision), the optimizer and the loss scaler; restore a resumable checkpoint
 (model, optimizer, scaler, step, curves, RNG states); wrap in DDP and
 torch.compile; build the training batches from the resumed step; run the loop
 (:class:`scaling.train.loop.Phase`) with evaluation, logging, fault injection and
-checkpoints; turn a non-finite loss into a :class:`CellError`; evaluate once more
-at the end and write the result checkpoint. A phase (:mod:`scaling.cell.pretrain`,
-:mod:`scaling.cell.finetune`) states only what differs, and gets its curve points
-back in :class:`PhaseOutput` rather than writing them into shared state.
+checkpoints (on several ranks DCP shards, written in the background unless
+``resources.async_checkpoint`` is off: :mod:`scaling.cell.saving`); turn a non-finite
+loss into a :class:`CellError`; evaluate once more at the end and write the result
+checkpoint, after the last background save is named (or, when the phase fails, has
+finished or been given up: nothing is left writing once the phase is over). A phase
+(:mod:`scaling.cell.pretrain`, :mod:`scaling.cell.finetune`) states only what differs,
+and gets its curve points back in :class:`PhaseOutput` rather than writing them into
+shared state.
 """
 
 from __future__ import annotations
