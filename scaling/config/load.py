@@ -24,7 +24,7 @@ def _absolute(path: str) -> str:
 
 def _absolutize_data(data: Any) -> None:
     if isinstance(data, dict):
-        for key in ("manifest_dir", "root"):
+        for key in ("manifest_dir", "root", "packed"):  # packed: a folder or a URI
             if isinstance(data.get(key), str):
                 data[key] = _absolute(data[key])
 

@@ -48,6 +48,18 @@ def test_valid_study_loads_with_absolute_paths(tmp_path: Path, tables: dict[str,
     assert study.grid.iterations == (8,)
 
 
+@pytest.mark.parametrize("packed", ["./packs//in1k/", "s3://bucket/in1k-pack"])
+def test_a_pack_path_is_made_absolute_as_the_data_root(
+    tmp_path: Path, tables: dict[str, Any], monkeypatch: pytest.MonkeyPatch, packed: str
+) -> None:
+    """Ray runs trials in directories of their own: a relative pack path must not reach them."""
+    monkeypatch.chdir(tmp_path)
+    tables["data"] = {**tables["data"], "packed": packed}
+    study = load(tmp_path, tables)
+    local = "://" not in packed
+    assert study.data.packed == (str(tmp_path.resolve() / "packs/in1k") if local else packed)
+
+
 def test_cells_are_the_product_in_a_stable_order(tmp_path: Path, tables: dict[str, Any]) -> None:
     tables["grid"] = {
         "models": ["swinv2-nano", "swinv2-micro"],
