@@ -58,6 +58,8 @@ CURVE_COLUMNS: dict[str, str] = {
 OPTIONAL_CURVE_COLUMNS: dict[str, str] = {"lr": NUMBER}
 # Identify a cell; a null here is a broken table, not a missing measurement.
 KEY_COLUMNS = ("model", "params_m", "data", "n_train_images", "iterations")
+MEASURED_KEYS = ("params_m", "n_train_images")
+"""Keys a study learns by running a cell (empty in the rows of cells that failed)."""
 # column -> (low, high, low included); NaN is a missing measurement, ±inf always an error
 RANGES: dict[str, tuple[float, float, bool]] = {
     "params_m": (0.0, math.inf, False),
@@ -169,8 +171,12 @@ def _number_problem(df: pd.DataFrame, col: str) -> str | None:
 def check_values(df: pd.DataFrame, name: str) -> None:
     """Empty keys, values out of range and non-finite numbers, all listed at once."""
     problems = []
+    # a cell that did not finish never measured its size or its data's (a failed stage's
+    # row in a study's cells.parquet): those keys are required of complete cells only
+    finished = df["status"].isna() | (df["status"] == "complete") if "status" in df else True
     for col in KEY_COLUMNS:
-        bad = df.index[df[col].isna()]
+        missing = df[col].isna() & (finished if col in MEASURED_KEYS else True)
+        bad = df.index[missing]
         if len(bad):
             problems.append(f"{places(df, bad)}: column {col!r} is empty")
     for col, (low, high, closed) in RANGES.items():

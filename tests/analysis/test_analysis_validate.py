@@ -166,3 +166,17 @@ def test_replicate_seeds_become_cell_means(tmp_path: Path) -> None:
     assert merged["val_loss"].to_numpy() == pytest.approx(expected["val_loss"].to_numpy())
     assert merged["val_loss_sd"].to_numpy() == pytest.approx(0.002)
     assert any("135 complete runs are replicates of 45 cells" in n for n in results.notes)
+
+
+def test_failed_cells_need_no_measured_keys(tmp_path: Path) -> None:
+    """A study's failed stage never measured params_m or n_train_images: its row is listed
+    as left out, not refused; a complete row without them still is."""
+    cells = synthetic_cells()
+    cells = cells[cells["status"] == "complete"].reset_index(drop=True)
+    cells.loc[0, ["params_m", "n_train_images", "val_loss", "finetune_top1"]] = np.nan
+    cells.loc[0, "status"] = "failed"
+    results = load_results(cells)
+    assert results.excluded == {"failed": 1} and len(results.cells) == len(cells) - 1
+    cells.loc[0, "status"] = "complete"
+    with pytest.raises(AnalysisError, match=r"row 0: column 'params_m' is empty"):
+        load_results(cells)
