@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 source = make_pack()
                 pack_order = source.epoch_order(0)(0)
                 packed = max(packed, timed(pipeline(source, decode), pack_order, args.seconds))
+                source.close()  # unmapped: a mapped page is not evicted by the next run
             kind = "decode" if decode else "bytes"
             print(
                 f"{name:<16}{kind:<9}{per_file:>16,.0f}{packed:>12,.0f}{packed / per_file:>7.1f}×"

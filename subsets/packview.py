@@ -61,6 +61,11 @@ class PackView:
             self._cache.move_to_end(block)
         return cached
 
+    def close(self) -> None:
+        """Drop the cached blocks and close the pack's files and maps."""
+        self._cache.clear()
+        self.pack.close()
+
     def read(self, j: int) -> memoryview:
         """The encoded bytes of manifest row ``j``: a read-only view into its cached block
         (no copy; ``bytes(view)`` makes one)."""

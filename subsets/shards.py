@@ -30,6 +30,7 @@ sample of its tier; the window mixes blocks so batches differ from epoch to epoc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import mmap
@@ -164,6 +165,17 @@ class Pack:
                 f"{self.location} (pack it with this manifest: mimscale subsets pack)"
             )
         return self._by_key[pos].astype(np.int64)
+
+    def close(self) -> None:
+        """Close the shard handles and unmap the shards (a map still viewed stays until its
+        views are gone); the pack reopens them on the next read."""
+        for handle in self._open.values():
+            handle.close()
+        for mapped in self._maps.values():
+            # a view into it still alive: the garbage collector unmaps it with the last one
+            with contextlib.suppress(BufferError):
+                mapped.close()
+        self._open, self._maps = {}, {}
 
     def _forked(self) -> None:
         if self._pid != os.getpid():  # a forked worker: own handles, maps and clients

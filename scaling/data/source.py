@@ -71,6 +71,10 @@ class PackSource:
     def read(self, j: int) -> memoryview:
         return self.view.read(j)
 
+    def close(self) -> None:
+        """Release the pack's cached blocks, files and maps (reopened on the next read)."""
+        self.view.close()
+
     def epoch_order(self, seed: int) -> Callable[[int], np.ndarray]:
         """Epoch → the shard-aware permutation of the manifest's rows."""
         view, window = self.view, self.window

@@ -284,3 +284,15 @@ def test_a_manifest_changed_after_it_was_built_is_not_packed(data, tmp_path: Pat
     err = capsys.readouterr().err
     assert re.search(r"m\.parquet: the rows were changed after the manifest was built \(row 2", err)
     assert not (tmp_path / "p").exists()
+
+
+def test_closing_a_pack_unmaps_its_shards_and_reading_reopens_them(data, tmp_path: Path):
+    root, manifests, _ = data
+    out = _pack(root, _manifests(manifests), tmp_path / "p")
+    pack = open_pack(out)
+    first = pack.block_bytes(0)[0].tobytes()
+    shard = str(out / pack.shards[0]["file"])
+    assert shard in Path("/proc/self/maps").read_text()
+    pack.close()
+    assert shard not in Path("/proc/self/maps").read_text()  # its pages can be evicted
+    assert pack.block_bytes(0)[0].tobytes() == first
