@@ -7,6 +7,11 @@ A study file (``studies/*.toml``) has the tables ``[data]``, ``[grid]``,
 :class:`CellConfig`: the study with the grid axes fixed. Paths are made absolute
 at load, relative to the working directory (Ray moves trials into their own
 directories). Overrides come only through ``--set a.b=v``.
+
+The sections live in their own modules and are re-exported here: the recipes in
+:mod:`scaling.config.training`, ``[resources]`` in :mod:`scaling.config.resources`,
+``[tracking]`` in :mod:`scaling.config.tracking`, the methods' and diagnostics'
+sections in :mod:`scaling.config.recipes`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,12 +26,44 @@ from typing import Any, TypeVar
 from scaling.config import recipes, rules
 from scaling.config.parse import ConfigError, check, from_dict, to_dict
 from scaling.config.recipes import DiagnosticsConfig, LocalMIMConfig, MAEConfig
+from scaling.config.resources import PARALLELISM, CellResources, ResourcesConfig
+from scaling.config.tracking import RUN_NAME_FIELDS, TRACKING_WANDB, TrackingConfig
+from scaling.config.training import (
+    AMP_MODES,
+    CHECKPOINTING,
+    DECODE_MODES,
+    MAX_IMAGE_SIZE,
+    WEIGHT_DECAY_SETS,
+    FinetuneConfig,
+    FinetuneTarget,
+    PretrainConfig,
+)
 
-AMP_MODES = ("auto", "bf16", "fp16", "fp32")
-DECODE_MODES = ("fast", "exact", "gpu")
-WEIGHT_DECAY_SETS = ("corrected", "released")
-CHECKPOINTING = ("none", "block", "stage")  # scaling.model.family.CHECKPOINTING, torch-free
-PARALLELISM = ("ddp", "fsdp")
+__all__ = [
+    "AMP_MODES",
+    "CHECKPOINTING",
+    "DECODE_MODES",
+    "MAX_IMAGE_SIZE",
+    "PARALLELISM",
+    "RUN_NAME_FIELDS",
+    "TRACKING_WANDB",
+    "WEIGHT_DECAY_SETS",
+    "CellConfig",
+    "CellResources",
+    "DataConfig",
+    "DiagnosticsConfig",
+    "FinetuneConfig",
+    "FinetuneTarget",
+    "GridCell",
+    "GridConfig",
+    "GridExclude",
+    "LocalMIMConfig",
+    "MAEConfig",
+    "PretrainConfig",
+    "ResourcesConfig",
+    "StudyConfig",
+    "TrackingConfig",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,438 +218,6 @@ class GridConfig:
     def model_names(self) -> list[str]:
         """The models of the grid, in order, once each."""
         return list(dict.fromkeys(p[0] for p in self._product()))
-
-
-_ZERO = {
-    "val_interval": "only at the end",
-    "val_limit": "every image",
-    "checkpoint_interval": "none but the final one",
-    "mixup": "off",
-    "cutmix": "off",
-    "eval_interval": "only at the end",
-    "clip_grad": "no clipping",
-}
-"""What 0 means for a setting where it is allowed and special."""
-MAX_IMAGE_SIZE = 4096
-"""Largest input side in pixels a recipe takes (the paper's largest is 224)."""
-
-
-def check_recipe_numbers(recipe: Any) -> None:
-    """The ranges the pre-training and fine-tuning recipes share."""
-    for name in ("warmup_lr", "min_lr", "weight_decay"):
-        value = getattr(recipe, name)
-        check(value >= 0, name, f"must be >= 0, got {value}")
-    check(
-        recipe.clip_grad >= 0,
-        "clip_grad",
-        f"must be >= 0 (0: {_ZERO['clip_grad']}), got {recipe.clip_grad}",
-    )
-    check(
-        0 < recipe.image_size <= MAX_IMAGE_SIZE,
-        "image_size",
-        f"must be in [1, {MAX_IMAGE_SIZE}] pixels, got {recipe.image_size}",
-    )
-
-
-@dataclass(frozen=True, kw_only=True)
-class PretrainConfig:
-    batch_size: int = 2048
-    """Effective batch size (all devices and accumulation steps together)."""
-    accum_steps: int = 1
-    """Gradient-accumulation steps per optimizer step."""
-    base_lr: float = 1e-4
-    """Peak learning rate per 512 images; scaled linearly with the batch size."""
-    warmup_lr: float = 5e-7
-    """Learning rate at step 0 of the warm-up, per 512 images."""
-    min_lr: float = 5e-6
-    """Final learning rate of cosine / warmup-stable-decay, per 512 images."""
-    schedule: str = "multistep"
-    """``multistep`` (×gamma at each milestone), ``cosine`` or ``wsd``."""
-    warmup_fraction: float = 0.0125
-    """Fraction of the iterations spent in linear warm-up (10 of 800 epochs)."""
-    warmup_steps: int = 0
-    """Linear warm-up in steps, the same for every length (set warmup_fraction = 0): the
-    lengths of a study then share their schedule up to the first decay (prefix sharing)."""
-    milestones: tuple[float, ...] = (0.875,)
-    """Multistep milestones as fractions of training (7/8 as the 800-epoch config)."""
-    gamma: float = 0.1
-    """Multistep decay factor."""
-    decay_fraction: float = 0.2
-    """Warmup-stable-decay: fraction of training spent decaying."""
-    weight_decay: float = 0.05
-    """AdamW weight decay (none on biases, norms, mask token, logit scales, cpb MLPs)."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
-    clip_grad: float = 5.0
-    """Gradient-norm clip (0 disables)."""
-    drop_path: float = 0.1
-    """Stochastic depth rate of the encoder."""
-    image_size: int = 192
-    """Input side in pixels."""
-    mask_patch_size: int = 32
-    """Side of one masked block in pixels."""
-    mask_ratio: float = 0.6
-    """Fraction of mask blocks masked."""
-    norm_target: bool = False
-    """Normalize the target over a sliding window (released SwinV2 config)."""
-    norm_target_window: int = 47
-    """Window of the target normalization."""
-    val_interval: int = 5000
-    """Compute the validation loss every this many iterations (and at the end)."""
-    val_limit: int = 0
-    """Use only the first N validation images (0: all)."""
-    checkpoint_interval: int = 5000
-    """Write a resumable checkpoint every this many iterations."""
-    log_interval: int = 50
-    """Log the training loss every this many iterations."""
-    amp: str = "auto"
-    """``auto`` (bf16 on CUDA, fp32 on CPU), ``bf16``, ``fp16`` or ``fp32``."""
-    compile: bool = False
-    """torch.compile the model (pre-training and fine-tuning)."""
-    channels_last: bool = True
-    """Use channels-last memory format on CUDA (pre-training and fine-tuning)."""
-    max_bad_fraction: float = 0.001
-    """Stop when more than this fraction of samples failed to decode."""
-    crop_scale: tuple[float, float] = (0.67, 1.0)
-    """RandomResizedCrop area range."""
-    decode: str = "fast"
-    """JPEG decoding: ``fast`` (reduced-size DCT decode when a crop is downscaled ≥2×),
-    ``exact`` (full decode then bilinear resize, as the released SimMIM code) or ``gpu``
-    (nvJPEG on the cell's GPU, the same crops)."""
-    weight_decay_set: str = "corrected"
-    """Parameters AdamW decays: ``corrected`` exempts the SwinV2 position-bias MLP and logit
-    scales as the released code intends; ``released`` decays them as its keyword match does."""
-    activation_checkpointing: str = "none"
-    """Recompute encoder activations in the backward: ``none``, per ``block`` or per ``stage``."""
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per-size overrides of any field above: ``[pretrain.models."swinv2-l"] drop_path = 0.2``."""
-
-    def __post_init__(self) -> None:
-        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
-        check(self.accum_steps > 0, "accum_steps", f"must be > 0, got {self.accum_steps}")
-        check(self.base_lr > 0, "base_lr", f"must be > 0, got {self.base_lr}")
-        check_recipe_numbers(self)
-        check(
-            0 <= self.warmup_fraction < 1,
-            "warmup_fraction",
-            f"must be in [0, 1), got {self.warmup_fraction}",
-        )
-        check(self.amp in AMP_MODES, "amp", f"must be one of {AMP_MODES}, got {self.amp!r}")
-        self._check_pretrain_numbers()
-        check(0 <= self.drop_path < 1, "drop_path", f"must be in [0, 1), got {self.drop_path}")
-        check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        check(
-            self.decode in DECODE_MODES,
-            "decode",
-            f"must be one of {DECODE_MODES}, got {self.decode!r}",
-        )
-        check(
-            self.weight_decay_set in WEIGHT_DECAY_SETS,
-            "weight_decay_set",
-            f"must be one of {WEIGHT_DECAY_SETS}, got {self.weight_decay_set!r}",
-        )
-        check(
-            not (self.warmup_steps and self.warmup_fraction),
-            "warmup_steps",
-            f"set one of warmup_steps ({self.warmup_steps}) and warmup_fraction "
-            f"({self.warmup_fraction}); the other must be 0",
-        )
-        check(
-            0 < self.max_bad_fraction < 1,
-            "max_bad_fraction",
-            f"must be in (0, 1), got {self.max_bad_fraction}",
-        )
-        check(
-            self.activation_checkpointing in CHECKPOINTING,
-            "activation_checkpointing",
-            f"must be one of {CHECKPOINTING}, got {self.activation_checkpointing!r}",
-        )
-        from scaling.train.schedule import SCHEDULES
-
-        check(
-            self.schedule in SCHEDULES,
-            "schedule",
-            f"unknown schedule {self.schedule!r}; valid: {', '.join(sorted(SCHEDULES))}",
-        )
-
-    def _check_pretrain_numbers(self) -> None:
-        check(0 < self.gamma <= 1, "gamma", f"must be in (0, 1], got {self.gamma}")
-        check(
-            0 < self.decay_fraction <= 1,
-            "decay_fraction",
-            f"must be in (0, 1], got {self.decay_fraction}",
-        )
-        check(
-            self.norm_target_window >= 1 and self.norm_target_window % 2 == 1,
-            "norm_target_window",
-            f"must be an odd number of pixels >= 1, got {self.norm_target_window}",
-        )
-        for name in ("val_interval", "val_limit", "checkpoint_interval"):
-            value = getattr(self, name)
-            check(value >= 0, name, f"must be >= 0 (0: {_ZERO[name]}), got {value}")
-        check(self.log_interval > 0, "log_interval", f"must be > 0, got {self.log_interval}")
-
-    def warmup_for(self, iterations: int) -> int:
-        """Warm-up steps of a run of ``iterations`` steps."""
-        from scaling.train.schedule import warmup_steps_of
-
-        return self.warmup_steps or warmup_steps_of(self.warmup_fraction, iterations)
-
-
-@dataclass(frozen=True, kw_only=True)
-class FinetuneTarget:
-    """A downstream data set that every pre-trained encoder is fine-tuned on."""
-
-    name: str
-    """Short name: the ``target`` column of ``cells.parquet`` (e.g. ``inat18``)."""
-    train: str
-    """Manifest it trains on."""
-    val: str
-    """Manifest its top-1 / top-5 are measured on."""
-    recipe: dict[str, Any] = field(default_factory=dict)
-    """``[finetune.targets.recipe]``: overrides of any ``[finetune]`` field for this target
-    (over the per-size ones)."""
-
-    def __post_init__(self) -> None:
-        check(
-            bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*", self.name)),
-            "name",
-            f"must be letters, digits, '_', '.', '-', got {self.name!r}",
-        )
-        for key in ("targets", "models", "enabled"):
-            check(key not in self.recipe, f"recipe.{key}", "cannot be set per target")
-
-
-@dataclass(frozen=True, kw_only=True)
-class FinetuneConfig:
-    enabled: bool = True
-    """Fine-tune each pre-trained encoder (off: pre-training only)."""
-    epochs: float = 100.0
-    """Fine-tuning length in epochs over ``data.finetune_train``."""
-    batch_size: int = 2048
-    """Effective fine-tuning batch size."""
-    accum_steps: int = 1
-    """Gradient-accumulation steps per optimizer step."""
-    base_lr: float = 1.25e-3
-    """Peak learning rate per 512 images."""
-    warmup_fraction: float = 0.05
-    """Fraction of fine-tuning in linear warm-up."""
-    warmup_lr: float = 2.5e-7
-    """Warm-up start learning rate per 512 images."""
-    min_lr: float = 2.5e-7
-    """Final cosine learning rate per 512 images."""
-    weight_decay: float = 0.05
-    """AdamW weight decay."""
-    layer_decay: float = 0.75
-    """Layer-wise learning-rate decay."""
-    drop_path: float = 0.1
-    """Stochastic depth rate."""
-    image_size: int = 224
-    """Fine-tuning resolution (the window grows with it, e.g. 12 → 14)."""
-    label_smoothing: float = 0.1
-    """Label smoothing."""
-    mixup: float = 0.8
-    """Mixup alpha (0 disables)."""
-    cutmix: float = 1.0
-    """CutMix alpha (0 disables)."""
-    auto_augment: str = "rand-m9-mstd0.5-inc1"
-    """timm RandAugment policy ('' disables)."""
-    re_prob: float = 0.25
-    """Random-erasing probability."""
-    clip_grad: float = 5.0
-    """Gradient-norm clip (0 disables)."""
-    eval_interval: int = 0
-    """Evaluate top-1/top-5 every this many iterations (0: only at the end)."""
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per-size overrides of any field above: ``[finetune.models."swinv2-l"] layer_decay = 0.7``."""
-    targets: tuple[FinetuneTarget, ...] = ()
-    """``[[finetune.targets]]``: downstream data sets, each its own fine-tuning stage on every
-    pre-trained encoder (none: one target, ``data.finetune_train`` / ``data.finetune_val``)."""
-
-    def __post_init__(self) -> None:
-        check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
-        check(self.base_lr > 0, "base_lr", f"must be > 0, got {self.base_lr}")
-        check_recipe_numbers(self)
-        check(0 <= self.drop_path < 1, "drop_path", f"must be in [0, 1), got {self.drop_path}")
-        for name in ("mixup", "cutmix", "eval_interval"):
-            value = getattr(self, name)
-            check(value >= 0, name, f"must be >= 0 (0: {_ZERO[name]}), got {value}")
-        names = [t.name for t in self.targets]
-        dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
-        check(dup is None, "targets", f"two targets are named {dup!r}")
-        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
-        check(self.accum_steps > 0, "accum_steps", f"must be > 0, got {self.accum_steps}")
-        check(
-            0 < self.layer_decay <= 1, "layer_decay", f"must be in (0, 1], got {self.layer_decay}"
-        )
-        check(0 <= self.re_prob <= 1, "re_prob", f"must be in [0, 1], got {self.re_prob}")
-        check(
-            0 <= self.label_smoothing < 1,
-            "label_smoothing",
-            f"must be in [0, 1), got {self.label_smoothing}",
-        )
-        # The fine-tune schedule is a cosine over cell.finetune_iterations(n_images)
-        # steps, a count known only with the manifest of data.finetune_train (at trial
-        # time). For a cosine, validate_schedule asks only that the warm-up fits:
-        # warmup_steps_of(f, n) <= n holds for every n >= 1 exactly when 0 <= f < 1, so
-        # this check is the whole schedule validation, made here without the data.
-        check(
-            0 <= self.warmup_fraction < 1,
-            "warmup_fraction",
-            f"must be in [0, 1), got {self.warmup_fraction}",
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class CellResources:
-    cpus: float = 1.0
-    """CPUs per training worker."""
-    gpus: float = 0.0
-    """GPUs per training worker."""
-    workers: int = 1
-    """Training workers (DDP ranks) per cell; > 1 runs Ray Train's TorchTrainer."""
-    gpu_memory_gb: float = 80.0
-    """Memory of one GPU in GB as sold (H100: 80); ``plan`` refuses cells that do not fit."""
-    parallelism: str = "ddp"
-    """``ddp`` (replicated weights) or ``fsdp`` (FSDP2: parameters, gradients, optimizer
-    state sharded over the ranks)."""
-    async_checkpoint: bool = True
-    """A cell of several workers writes its checkpoint shards in the background (training
-    goes on; the checkpoint is named once they are durable); false: it waits for them."""
-
-    def __post_init__(self) -> None:
-        check(self.cpus > 0, "cpus", f"must be > 0, got {self.cpus}")
-        check(self.gpus >= 0, "gpus", f"must be >= 0, got {self.gpus}")
-        check(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
-        check(
-            0 < self.gpu_memory_gb <= 4096,
-            "gpu_memory_gb",
-            f"must be in (0, 4096], got {self.gpu_memory_gb}",
-        )
-        check(
-            self.parallelism in PARALLELISM,
-            "parallelism",
-            f"must be one of {PARALLELISM}, got {self.parallelism!r}",
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class ResourcesConfig:
-    cpus: float = 1.0
-    """CPUs per training worker (default for every model)."""
-    gpus: float = 0.0
-    """GPUs per training worker (default for every model)."""
-    workers: int = 1
-    """Training workers per cell (default for every model)."""
-    gpu_memory_gb: float = 80.0
-    """Memory of one GPU in GB as sold (default for every model)."""
-    parallelism: str = "ddp"
-    """``ddp`` or ``fsdp`` (default for every model)."""
-    async_checkpoint: bool = True
-    """Background checkpoint writes of multi-worker cells (default for every model)."""
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per-model overrides of the fields above, e.g. ``[resources.models."swinv2-g"]
-    workers = 32``; a field not given there is the study's."""
-    max_concurrent: int = 0
-    """Cells running at once (0: as many as the cluster fits)."""
-    max_failures: int = 3
-    """Retries of a failed cell, each from its last checkpoint."""
-
-    def __post_init__(self) -> None:
-        self._default()
-        for model in self.models:
-            self.for_model(model)  # each override resolves (errors keyed models.<size>.<key>)
-        check(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
-        check(
-            self.max_concurrent >= 0,
-            "max_concurrent",
-            f"must be >= 0 (0: as many as the cluster fits), got {self.max_concurrent}",
-        )
-
-    def _default(self) -> CellResources:
-        return CellResources(
-            cpus=self.cpus,
-            gpus=self.gpus,
-            workers=self.workers,
-            gpu_memory_gb=self.gpu_memory_gb,
-            parallelism=self.parallelism,
-            async_checkpoint=self.async_checkpoint,
-        )
-
-    def for_model(self, model: str) -> CellResources:
-        """The study's resources with ``model``'s overrides."""
-        default = self._default()
-        overrides = self.models.get(model)
-        if not overrides:
-            return default
-        return from_dict(CellResources, {**to_dict(default), **overrides}, f"models.{model}")
-
-
-TRACKING_WANDB = ("off", "offline", "online")
-RUN_NAME_FIELDS = ("kind", "stage_id", "model", "data", "iterations", "seed", "study")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrackingConfig:
-    """Experiment trackers every stage logs to (rank 0), through the libraries' own APIs.
-
-    Not part of any stage's id: switching a tracker on reruns nothing.
-    """
-
-    tensorboard: bool = False
-    """Write TensorBoard event files under ``<output_dir>/tracking/tensorboard``."""
-    mlflow: str | None = None
-    """MLflow tracking URI; ``""``: a local store, ``<output_dir>/tracking/mlflow.db`` (SQLite,
-    MLflow's own local backend)."""
-    wandb: str = "off"
-    """Weights & Biases: ``off``, ``offline`` (files under output_dir, no network) or ``online``."""
-    project: str = ""
-    """Project (W&B) / experiment (MLflow) name; empty: the study's name."""
-    run_name: str = "{kind}-{model}-{data}-{iterations}-{stage_id}"
-    """A run's name; placeholders: kind, stage_id, model, data, iterations, seed, study."""
-    log_upload_s: float = 60.0
-    """Seconds between uploads of a running stage's log to a remote (object-store) output."""
-
-    def __post_init__(self) -> None:
-        check(
-            self.wandb in TRACKING_WANDB,
-            "wandb",
-            f"must be one of {TRACKING_WANDB}, got {self.wandb!r}",
-        )
-        try:
-            self.run_name.format(**dict.fromkeys(RUN_NAME_FIELDS, "x"))
-        except (KeyError, IndexError, ValueError) as err:
-            check(
-                False,
-                "run_name",
-                f"{self.run_name!r} is not a valid template ({type(err).__name__}: {err}); "
-                f"placeholders: {', '.join(RUN_NAME_FIELDS)}",
-            )
-        check(
-            0 < self.log_upload_s <= 86400,
-            "log_upload_s",
-            f"must be in (0, 86400], got {self.log_upload_s}",
-        )
-
-    @property
-    def enabled(self) -> list[str]:
-        """The trackers switched on, by their ``[tracking]`` key."""
-        on = {"tensorboard": self.tensorboard, "mlflow": self.mlflow is not None}
-        return [k for k, v in {**on, "wandb": self.wandb != "off"}.items() if v]
-
-    def resolved(self, study: str, output_dir: str) -> TrackingConfig:
-        """With the study's name as default project and the local MLflow store made a URI."""
-        mlflow = self.mlflow
-        if mlflow == "":
-            check(
-                "://" not in output_dir or output_dir.startswith("file://"),
-                "mlflow",
-                f'"" means a local file store under output_dir, but output_dir is '
-                f"{output_dir}; give a tracking server URI (e.g. http://host:5000)",
-            )
-            local = output_dir.removeprefix("file://").rstrip("/")
-            mlflow = "sqlite:///" + str(Path(local, "tracking", "mlflow.db").absolute())
-        return dataclasses.replace(self, project=self.project or study, mlflow=mlflow)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -50,9 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the stated utilization of the stated peak.",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument(
-        "--mfu", type=number_in(float, 0.01, 1), default=None, help="assumed MFU (default 0.40)"
-    )
+    p.add_argument("--mfu", type=float, default=None, help="assumed MFU (default 0.40)")
     p.add_argument(
         "--peak-tflops",
         type=float,

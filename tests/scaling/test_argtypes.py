@@ -15,7 +15,6 @@ from scaling.cli import main
         (["run", "s.toml", "--progress-interval", "-1"], r"--progress-interval: must be in \[0.1"),
         (["run", "s.toml", "--progress-interval", "nan"], r"--progress-interval: must be in"),
         (["run", "s.toml", "--connect-timeout", "inf"], r"--connect-timeout: must be in \[1, "),
-        (["plan", "s.toml", "--mfu", "2"], r"argument --mfu: must be in \[0.01, 1\], got '2'"),
         (["logs", "s.toml", "abc", "--poll", "0"], r"argument --poll: must be in \[0.01, 3600\]"),
         (["analyze", "x", "-o", "y", "--seed", "-1"], r"argument --seed: must be in \[0, "),
         (["analyze", "x", "-o", "y", "--seed", "1.5"], r"argument --seed: not int: '1.5'"),
