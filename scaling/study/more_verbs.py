@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scaling.argtypes import number_in
-
 if TYPE_CHECKING:
     from scaling.config.schema import StudyConfig
     from scaling.study.stages import StageGraph
@@ -46,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the stages end")
     p.add_argument(
         "--poll",
-        type=number_in(float, 0.01, 3600),
+        type=float,
         default=1.0,
         metavar="S",
         help=argparse.SUPPRESS,

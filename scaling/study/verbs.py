@@ -102,7 +102,7 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--wait",
         nargs="?",
-        type=float,
+        type=number_in(float, 0, 31 * 86400),
         const=-1.0,
         default=None,
         metavar="S",

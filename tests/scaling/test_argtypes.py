@@ -15,7 +15,7 @@ from scaling.cli import main
         (["run", "s.toml", "--progress-interval", "-1"], r"--progress-interval: must be in \[0.1"),
         (["run", "s.toml", "--progress-interval", "nan"], r"--progress-interval: must be in"),
         (["run", "s.toml", "--connect-timeout", "inf"], r"--connect-timeout: must be in \[1, "),
-        (["logs", "s.toml", "abc", "--poll", "0"], r"argument --poll: must be in \[0.01, 3600\]"),
+        (["run", "s.toml", "--wait", "nan"], r"argument --wait: must be in \[0, 2678400\]"),
         (["analyze", "x", "-o", "y", "--seed", "-1"], r"argument --seed: must be in \[0, "),
         (["analyze", "x", "-o", "y", "--seed", "1.5"], r"argument --seed: not int: '1.5'"),
         (["subsets", "build", "--seed", "-5"], r"argument --seed: must be in \[0, "),
