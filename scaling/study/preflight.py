@@ -272,6 +272,14 @@ def check_pack(study: StudyConfig, subsets: dict[str, SubsetInfo]) -> None:
         raise located(study, "data.packed", str(err)) from None
 
 
+def _complete(store: ResultStore, kind: str, stage_id: str) -> bool:
+    """Complete, with its curves (a complete stage whose curves are missing or damaged is
+    set aside and runs again, from its final checkpoint)."""
+    return store.stage_complete(kind, stage_id) and (
+        store.stage_curves(kind, stage_id, complete=True) is not None
+    )
+
+
 def prepare_run(study: StudyConfig, store: ResultStore) -> RunSet:
     """Demo data, manifests, the stage graph, conflicts and the done/to-do split; writes no
     results (prefix seeding of a grown study happens in :func:`write_study_record`)."""
@@ -291,7 +299,7 @@ def prepare_run(study: StudyConfig, store: ResultStore) -> RunSet:
             + "\n  ".join(problems),
         )
     stages = graph.stages()
-    done = tuple(s.stage_id for s in stages if store.stage_complete(s.kind, s.stage_id))
+    done = tuple(s.stage_id for s in stages if _complete(store, s.kind, s.stage_id))
     todo = tuple(s.stage_id for s in stages if s.stage_id not in done)
     return RunSet(graph=graph, done=done, todo=todo)
 

@@ -279,5 +279,17 @@ class ResultStore:
         row = {**fields, "stage_id": stage_id, "status": "failed", "error": error}
         self.write_table(f"stages/{kind}/{stage_id}/result.parquet", table_of(COLUMNS[kind], [row]))
 
-    def stage_curves(self, kind: str, stage_id: str) -> pa.Table | None:
-        return self.read_table(f"stages/{kind}/{stage_id}/curves.parquet")
+    def stage_curves(self, kind: str, stage_id: str, *, complete: bool = False) -> pa.Table | None:
+        """The stage's curve points, or None. ``complete``: its result says complete, and a
+        complete stage always has its curves (they are written first); when they are
+        missing or damaged, a writable store sets the result aside too, so the stage runs
+        again — from its final checkpoint, without training."""
+        base = f"stages/{kind}/{stage_id}"
+        table = self.read_table(f"{base}/curves.parquet")
+        if table is None and complete and self.set_aside_damaged:
+            self.damaged(
+                f"{base}/result.parquet",
+                "its curves.parquet is missing or damaged; the stage runs again (from its "
+                "final checkpoint)",
+            )
+        return table

@@ -142,11 +142,34 @@ def cell_row(
     return row
 
 
+def _checked_curves(
+    store: Any, kind: str, rows: dict[str, dict[str, Any] | None]
+) -> dict[str, list[dict[str, Any]]]:
+    """The curve points of each stage with a row. A complete stage whose curves file is
+    missing or damaged is set aside whole (its result too; its row becomes None in
+    ``rows``): the next run writes both again from its final checkpoint, without training
+    (:meth:`~scaling.study.store.ResultStore.stage_curves`)."""
+    curves = {}
+    for stage_id, row in rows.items():
+        if row is None:
+            continue
+        complete = row.get("status") == "complete"
+        table = store.stage_curves(kind, stage_id, complete=complete)
+        if table is None and complete and store.set_aside_damaged:
+            rows[stage_id] = None  # set aside with its curves: it runs again
+        curves[stage_id] = [] if table is None else table.to_pylist()
+    return curves
+
+
 def write_tables(store: Any, graph: Any) -> tuple[pa.Table, pa.Table]:
     """Rebuild the four tables from the stage directories of ``graph``'s stages; returns
     (cells, curves). Cells with no stage result yet are left out."""
     pre = {i: store.stage_row("pretrain", i) for i in graph.pretrain}
     ft = {i: store.stage_row("finetune", i) for i in graph.finetune}
+    stage_curves = {
+        **{("pretrain", i): c for i, c in _checked_curves(store, "pretrain", pre).items()},
+        **{("finetune", i): c for i, c in _checked_curves(store, "finetune", ft).items()},
+    }
     for stage_id, row in pre.items():
         if row is not None:
             stage = graph.pretrain[stage_id]
@@ -154,13 +177,9 @@ def write_tables(store: Any, graph: Any) -> tuple[pa.Table, pa.Table]:
     store.write_table("pretrain.parquet", table_of(PRETRAIN_COLUMNS, _present(pre)))
     store.write_table("finetune.parquet", table_of(FINETUNE_COLUMNS, _present(ft)))
     rows, curves = [], []
-    stage_curves: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     def curve_of(kind: str, stage_id: str) -> list[dict[str, Any]]:
-        if (kind, stage_id) not in stage_curves:
-            table = store.stage_curves(kind, stage_id)
-            stage_curves[kind, stage_id] = [] if table is None else table.to_pylist()
-        return stage_curves[kind, stage_id]
+        return stage_curves.get((kind, stage_id), [])
 
     for cell, pid, fid in graph.cells:
         if pre[pid] is None and (fid is None or ft[fid] is None):

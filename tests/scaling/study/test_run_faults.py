@@ -260,6 +260,18 @@ def test_a_damaged_result_is_reported_set_aside_and_rerun(tmp_path: Path, demo_d
     assert f"{result}: damaged (not a readable Parquet file: " in again.stderr
     assert list(result.parent.glob("result.parquet.damaged-*"))
     assert _states(study) == ["done"]
+    # damaged curves of a complete stage: curves and result set aside, both written again
+    # in the same run from the final checkpoint (no training: it is not rewritten)
+    curves = result.parent / "curves.parquet"
+    points = pq.read_table(curves).num_rows
+    final = (result.parent / "checkpoint.pt").read_bytes()
+    curves.write_bytes(curves.read_bytes()[:-9])
+    third = mimscale("run", str(study), "--no-report", timeout=300)
+    assert third.returncode == 0, third.stderr
+    assert f"{curves}: damaged (not a readable Parquet file: " in third.stderr
+    assert f"{result}: damaged (its curves.parquet is missing or damaged; " in third.stderr
+    assert pq.read_table(curves).num_rows == points and _states(study) == ["done"]
+    assert (result.parent / "checkpoint.pt").read_bytes() == final
 
 
 @pytest.mark.slow

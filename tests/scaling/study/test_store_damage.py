@@ -179,22 +179,26 @@ def test_garbage_progress_is_read_as_missing(
 def test_a_complete_result_whose_curves_are_damaged(
     tmp_path: Path, graph: StageGraph, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The curves are reported, set aside and left out; the stage's result stands (the
-    stage layout does not rerun a complete stage for its curves)."""
+    """The curves are reported and set aside, and so is the stage's result: the stage is
+    no longer complete, so the next run writes both again (from its final checkpoint)."""
     store = ResultStore(str(tmp_path))
     hit, kept = graph.pretrain.values()
     _complete(store, hit)
     _complete(store, kept)
     curves = tmp_path / hit.dir / "curves.parquet"
+    result = tmp_path / hit.dir / "result.parquet"
     curves.write_bytes(curves.read_bytes()[:-9])
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         cells, curve = write_tables(store, graph)
     assert curve.column("cell_id").to_pylist() == [kept.stage_id]
-    assert cells.column("cell_id").to_pylist() == [hit.stage_id, kept.stage_id]
+    assert cells.column("cell_id").to_pylist() == [kept.stage_id]
     assert _set_aside(curves) and not curves.exists()
-    assert store.stage_complete("pretrain", hit.stage_id)
-    (warning,) = [r.getMessage() for r in caplog.records]
-    assert warning.startswith(f"{curves}: damaged (not a readable Parquet file: ")
+    assert _set_aside(result) and not result.exists()
+    assert not store.stage_complete("pretrain", hit.stage_id)
+    assert store.stage_complete("pretrain", kept.stage_id)
+    first, second = [r.getMessage() for r in caplog.records]
+    assert first.startswith(f"{curves}: damaged (not a readable Parquet file: ")
+    assert second.startswith(f"{result}: damaged (its curves.parquet is missing or damaged; ")
 
 
 def test_the_tables_are_rebuilt_when_damaged(tmp_path: Path, graph: StageGraph) -> None:
