@@ -111,10 +111,15 @@ def logs_command(args: argparse.Namespace) -> int:
 
 def export_command(args: argparse.Namespace) -> int:
     from scaling.study.export import ExportError, export_study, parse_where, select
+    from scaling.study.store import probe_local
 
     where = parse_where(args.where)  # every check before anything is read or written
     if args.out.exists() and not args.out.is_dir():
         raise ExportError(f"--out {args.out}: is a file, not a folder")
+    try:
+        probe_local(args.out.absolute())  # a parent that is a file, no permission, read-only
+    except OSError as err:
+        raise ExportError(f"--out {args.out}: cannot write there ({err})") from None
     _, store, graph = _open(args)
     cells = select(graph, cell_id=args.cell, where=where)
     entries = export_study(store, cells, args.out)

@@ -77,7 +77,7 @@ def _write_local(target: str, data: bytes) -> None:
     _fsync_dir(parent)
 
 
-def _probe_local(path: Path) -> None:
+def probe_local(path: Path) -> None:
     """Raise OSError unless ``path`` exists as a writable folder or could be made in one."""
     folder = path
     while not folder.exists() and folder != folder.parent:
@@ -124,7 +124,7 @@ class ResultStore:
         probe object."""
         try:
             if isinstance(self.fs, pafs.LocalFileSystem):
-                _probe_local(Path(self.base))
+                probe_local(Path(self.base))
             else:
                 probe = f".write-probe-{uuid.uuid4().hex[:8]}"
                 self.write_bytes(probe, b"")

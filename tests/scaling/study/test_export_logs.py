@@ -160,6 +160,13 @@ def test_export_into_a_file_is_refused(planned: Path, tmp_path: Path, capsys) ->
     assert f"--out {tmp_path / 'x'}: is a file, not a folder" in capsys.readouterr().err
 
 
+def test_export_under_a_file_is_refused(planned: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "x").write_text("not a folder")
+    assert main(["export", str(planned), "--out", str(tmp_path / "x" / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path / 'x' / 'sub'}: cannot write there ({tmp_path / 'x'} is a file" in err
+
+
 def test_export_before_anything_finished(planned: Path, tmp_path: Path, capsys) -> None:
     assert main(["export", str(planned), "--out", str(tmp_path / "x")]) == 2
     assert "none of the 2 selected cells has finished pre-training" in capsys.readouterr().err
