@@ -6,7 +6,7 @@ computes (the global batch is the recipe's).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from scaling.config.parse import check, from_dict, to_dict
@@ -48,19 +48,10 @@ class CellResources:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ResourcesConfig:
-    cpus: float = 1.0
-    """CPUs per training worker (default for every model)."""
-    gpus: float = 0.0
-    """GPUs per training worker (default for every model)."""
-    workers: int = 1
-    """Training workers per cell (default for every model)."""
-    gpu_memory_gb: float = 80.0
-    """Memory of one GPU in GB as sold (default for every model)."""
-    parallelism: str = "ddp"
-    """``ddp`` or ``fsdp`` (default for every model)."""
-    async_checkpoint: bool = True
-    """Background checkpoint writes of multi-worker cells (default for every model)."""
+class ResourcesConfig(CellResources):
+    """``[resources]``: the fields of :class:`CellResources` are the study's, for every model,
+    with per-model overrides in ``models``; and how the grid runs its cells."""
+
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-model overrides of the fields above, e.g. ``[resources.models."swinv2-g"]
     workers = 32``; a field not given there is the study's."""
@@ -70,7 +61,7 @@ class ResourcesConfig:
     """Retries of a failed cell, each from its last checkpoint."""
 
     def __post_init__(self) -> None:
-        self._default()
+        super().__post_init__()
         for model in self.models:
             self.for_model(model)  # each override resolves (errors keyed models.<size>.<key>)
         check(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
@@ -81,14 +72,7 @@ class ResourcesConfig:
         )
 
     def _default(self) -> CellResources:
-        return CellResources(
-            cpus=self.cpus,
-            gpus=self.gpus,
-            workers=self.workers,
-            gpu_memory_gb=self.gpu_memory_gb,
-            parallelism=self.parallelism,
-            async_checkpoint=self.async_checkpoint,
-        )
+        return CellResources(**{f.name: getattr(self, f.name) for f in fields(CellResources)})
 
     def for_model(self, model: str) -> CellResources:
         """The study's resources with ``model``'s overrides."""
