@@ -62,6 +62,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from analysis.errors import AnalysisError
+from scaling.errors import decode_text
 
 log = logging.getLogger(__name__)
 
@@ -177,14 +178,12 @@ def _resolve(source: str | Path) -> tuple[pafs.FileSystem, str]:
 
 def _utf8(data: bytes, name: str) -> str:
     """A CSV's text; not UTF-8: the line and the byte."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise AnalysisError(
-            f"{name}: line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); "
-            "save the table as UTF-8"
-        ) from None
+    return decode_text(
+        data,
+        lambda line, _, byte: AnalysisError(
+            f"{name}: line {line}: not UTF-8 text (byte 0x{byte:02x}); save the table as UTF-8"
+        ),
+    )
 
 
 def _read(fs: pafs.FileSystem, path: str, name: str) -> pd.DataFrame:

@@ -13,6 +13,11 @@ of ``scaling``) derives its errors from it without pulling anything in.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 class UserError(ValueError):
     """Bad input: the message names what is wrong and where; the CLI exits with 2."""
@@ -30,3 +35,17 @@ class ScheduleError(UserError):
 
 class UsageError(UserError):
     """A command-line flag out of range (the verbs' own arguments, not the study's)."""
+
+
+def decode_text(
+    data: bytes, located: Callable[[int, bytes, int], UserError], encoding: str = "utf-8-sig"
+) -> str:
+    """``data`` as UTF-8 text (a byte-order mark dropped); else ``located(line, raw, byte)``
+    raised: the 1-based line of the first bad byte, that line's bytes, the byte."""
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        start = data.rfind(b"\n", 0, err.start) + 1
+        end = data.find(b"\n", err.start)
+        raw = data[start : end if end >= 0 else len(data)]
+        raise located(data.count(b"\n", 0, err.start) + 1, raw, data[err.start]) from None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scaling.errors import decode_text
 from subsets.errors import SubsetError
 from subsets.listing import Listing
 from subsets.packed import byte_strings
@@ -43,15 +44,10 @@ def read_val_csv(csv_path: Path) -> tuple[list[str], list[str], list[int]]:
     wnids: list[str] = []
     lines: list[int] = []
     seen: dict[str, int] = {}
-    data = csv_path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        start = data.rfind(b"\n", 0, err.start) + 1
-        end = data.find(b"\n", err.start)
-        raw = data[start : end if end >= 0 else len(data)]
-        raise SubsetError(f"{csv_path} line {line}: not valid UTF-8: {raw[:80]!r}") from None
+    text = decode_text(
+        csv_path.read_bytes(),
+        lambda line, raw, _: SubsetError(f"{csv_path} line {line}: not valid UTF-8: {raw[:80]!r}"),
+    )
     if "\0" in text:
         line = text.count("\n", 0, text.index("\0")) + 1
         raise SubsetError(f"{csv_path} line {line}: NUL byte")

@@ -20,7 +20,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from scaling.errors import UserError
+from scaling.errors import UserError, decode_text
 
 T = TypeVar("T")
 
@@ -172,17 +172,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def read_toml(path: Path) -> tuple[dict[str, Any], str]:
     """Parse a TOML file; syntax errors name the file and line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError("", f"no such file: {path}") from None
     except OSError as err:
         raise ConfigError("", f"cannot read {path}: {err.strerror}") from None
-    except UnicodeDecodeError as err:
-        data = path.read_bytes()
-        line = data.count(b"\n", 0, err.start) + 1
-        raise ConfigError(
-            "", f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); TOML is UTF-8"
-        ) from None
+    text = decode_text(
+        data,
+        lambda line, _, byte: ConfigError(
+            "", f"{path}:{line}: not UTF-8 text (byte 0x{byte:02x}); TOML is UTF-8"
+        ),
+        encoding="utf-8",
+    )
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as err:

@@ -14,32 +14,22 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scaling.study.verbs import study_parser
+
 if TYPE_CHECKING:
     from scaling.config.schema import StudyConfig
     from scaling.study.stages import StageGraph
 
 
-def _study_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("study", type=Path, help="study file (studies/*.toml)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a study key, as for run (e.g. --set output_dir=/shared/runs/x)",
-    )
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = study_parser(
+        sub,
         "logs",
-        help="print a stage's log (or both stages' of a cell) from the results store",
-        description="Print the log a stage wrote next to its results (rank 0; every rank's "
-        "when one crashed). ID: a stage id or a cell id from `mimscale status` (a unique "
-        "prefix will do).",
+        "print a stage's log (or both stages' of a cell) from the results store",
+        "Print the log a stage wrote next to its results (rank 0; every rank's when one "
+        "crashed). ID: a stage id or a cell id from `mimscale status` (a unique prefix will "
+        "do).",
     )
-    _study_args(p)
     p.add_argument("id", metavar="STAGE_OR_CELL_ID")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the stages end")
     p.add_argument(
@@ -50,14 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=argparse.SUPPRESS,
     )
     p.set_defaults(func=logs_command)
-    p = sub.add_parser(
+    p = study_parser(
+        sub,
         "export",
-        help="write trained encoders (and classifiers) as safetensors for timm",
-        description="Write each selected cell's pre-trained encoder and fine-tuned classifier "
-        "as model.safetensors + config.json, loadable with timm.create_model(architecture, "
+        "write trained encoders (and classifiers) as safetensors for timm",
+        "Write each selected cell's pre-trained encoder and fine-tuned classifier as "
+        "model.safetensors + config.json, loadable with timm.create_model(architecture, "
         'pretrained=True, pretrained_cfg_overlay={"file": …}, **model_args).',
     )
-    _study_args(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--cell", metavar="ID", help="one cell (or stage) id, or a prefix")
     which.add_argument(

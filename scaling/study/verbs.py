@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _study_parser(
+def study_parser(
     sub: argparse._SubParsersAction, name: str, help_: str, description: str
 ) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_, description=description)
@@ -41,7 +41,7 @@ def _study_parser(
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = _study_parser(
+    p = study_parser(
         sub,
         "plan",
         "print every cell of a study with params, images, epochs, FLOPs, GPU-hours",
@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=plan_command)
     _register_run(sub)
-    p = _study_parser(
+    p = study_parser(
         sub,
         "status",
         "print the cells of a study: done, running, stopped, failed, pending",
@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_run(sub: argparse._SubParsersAction) -> None:
-    p = _study_parser(
+    p = study_parser(
         sub,
         "run",
         "run a study's grid on Ray (resumes; a grown study runs only its new cells)",
