@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 ENV_PREFIX = "MIMSCALE_"
 """Driver environment variables with this prefix are set in every trial (fault injection)."""
 
+FORWARDED_ENV = ("AWS_", "WANDB_", "MLFLOW_", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_")
+"""Prefixes of the driver's variables a joined cluster's workers get (:func:`forwarded_env`)."""
+
 INTERRUPTED = "interrupted"
 """A stage's status when a signal stopped the run in its middle (it resumes next time)."""
 
@@ -407,8 +410,9 @@ def connect(
     if address:
         probe(address, origin, timeout_s)
         log.info("joining the Ray cluster at %s", address)
+        env = forwarded_env()
         try:
-            ray.init(address=address, **common)
+            ray.init(address=address, runtime_env={"env_vars": env} if env else None, **common)
         except Exception as err:  # ConnectionError, ValueError (ray[client]), auth errors
             raise join_error(address, origin, err) from None
         finally:
@@ -427,6 +431,17 @@ def connect(
     finally:
         _keep_handler(handler)
     return True
+
+
+def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The driver's storage, tracker and cache settings (:data:`FORWARDED_ENV`): the
+    workers of a cluster joined by address start from their node's environment, not the
+    driver's, so the job's ``runtime_env`` gives them these (``AWS_ENDPOINT_URL`` and the
+    keys the preflight checked ``output_dir`` and the pack with, the W&B / MLflow
+    settings; paths such as ``TORCH_HOME`` are the node's own). A local instance inherits
+    the driver's environment whole."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV)}
 
 
 def _keep_handler(handler: Any) -> None:

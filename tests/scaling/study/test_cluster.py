@@ -73,3 +73,19 @@ def test_where_the_address_comes_from(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
     assert requested_address(None) == ("10.0.0.5:6379", "RAY_ADDRESS")
     assert requested_address("auto") == ("auto", "--address")
+
+
+def test_a_joined_cluster_gets_storage_and_tracker_settings_only() -> None:
+    from scaling.study.grid import forwarded_env
+
+    driver = {
+        "AWS_ENDPOINT_URL": "http://minio:9000", "AWS_SECRET_ACCESS_KEY": "s",
+        "WANDB_API_KEY": "k", "MLFLOW_TRACKING_URI": "http://mlflow", "AZURE_STORAGE_KEY": "a",
+        "GOOGLE_APPLICATION_CREDENTIALS": "/c.json", "PATH": "/bin", "HOME": "/root",
+        "TORCH_HOME": "/t", "MIMSCALE_FAIL_AT": "3:/x", "RAY_ADDRESS": "auto", "XAWS_": "no",
+    }  # fmt: skip
+    assert forwarded_env(driver) == {
+        k: driver[k]
+        for k in ("AWS_ENDPOINT_URL", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY",
+                  "MLFLOW_TRACKING_URI", "AZURE_STORAGE_KEY", "GOOGLE_APPLICATION_CREDENTIALS")
+    }  # fmt: skip

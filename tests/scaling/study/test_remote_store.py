@@ -79,3 +79,30 @@ def test_study_on_s3_resumes_from_the_bucket_and_reports(
     assert (out / "report.html").stat().st_size > 10_000
     # the report analyze wrote from the bucket has the fits of the one run wrote into it
     assert json.loads((out / "fits.json").read_text()) == store.read_json("report/fits.json")
+
+
+def test_a_joined_cluster_gets_the_drivers_storage_settings(
+    tmp_path: Path, demo_dir: Path, s3_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers of a cluster joined by address start from their node's environment, not
+    the driver's: the driver's ``AWS_*`` (the endpoint and keys its preflight used) reach
+    them through the job's runtime_env, so a study on S3 runs there too."""
+    from ray.cluster_utils import Cluster
+
+    for key in s3_server.env:  # the node starts without the S3 settings
+        monkeypatch.delenv(key)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        uri = f"{s3_server.bucket(BUCKET)}/studies/joined"
+        tables = tiny_tables(demo_dir, uri, grid={"iterations": [4]})  # type: ignore[arg-type]
+        path = write_study(tmp_path / "study.toml", tables)
+        done = mimscale("run", str(path), "--address", cluster.address, "--no-report",
+                        timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        assert "grid: 1 stages completed, 0 failed" in done.stdout
+        cells = ResultStore(uri).read_table("cells.parquet").to_pandas()
+        assert (cells["status"] == "complete").all()
+    finally:
+        cluster.shutdown()
