@@ -7,7 +7,10 @@ for two pipelines over the same ImageNet-sized JPEGs (~330–500 px, quality 90)
   view of a memory-mapped shard is copied out, so its pages are really read);
 * ``decode``: the pre-training sample of the image, made by the training dataset itself
   (``scaling.data.pretrain.PretrainDataset``: header, RandomResizedCrop box, reduced-size
-  DCT decode, resize to 192 px, flip, mask) over a file source or a pack source.
+  DCT decode, resize to 192 px, flip, mask) over a file source or a pack source;
+* ``gpu-wkr``: what a worker does per image with ``decode="gpu"`` (the same dataset:
+  bytes, header, box, flip, mask; the decode is the accelerator's), measurable on any
+  machine: the cores a GPU-decoding node needs per image/s.
 
 and three storages:
 
@@ -103,15 +106,20 @@ def timed(item: Callable[[int], object], order: np.ndarray, limit_s: float) -> f
     return done / (time.perf_counter() - start)
 
 
-def pipeline(source, decode: bool) -> Callable[[int], object]:
-    """The bytes of row j, or the pre-training sample of row j (the real dataset)."""
-    if not decode:
+PIPELINES = ("bytes", "decode", "gpu-wkr")
+
+
+def pipeline(source, kind: str) -> Callable[[int], object]:
+    """Row j's bytes, or its pre-training sample from the real dataset (decoded on the CPU,
+    or as a worker sends it to a GPU decoder)."""
+    if kind == "bytes":
         return lambda j: bytes(source.read(j))  # a view of a mapped shard: read it
     from scaling.data.masking import MaskGenerator
     from scaling.data.pretrain import PretrainDataset
 
     mask = MaskGenerator(input_size=192, mask_patch_size=32, model_patch_size=4, mask_ratio=0.6)
-    dataset = PretrainDataset(source, image_size=192, mask=mask, seed=0)
+    decode = "gpu" if kind == "gpu-wkr" else "fast"
+    dataset = PretrainDataset(source, image_size=192, mask=mask, seed=0, decode=decode)
     return lambda j: dataset[(0, j)]
 
 
@@ -226,19 +234,18 @@ def main(argv: list[str] | None = None) -> int:
     order = np.random.default_rng(0).permutation(args.images)
     print(f"{'storage':<16}{'pipeline':<9}{'per-file img/s':>16}{'pack img/s':>12}{'ratio':>8}")
     for name, files, make_pack, before in storages(folder, args):
-        for decode in (False, True):
+        for kind in PIPELINES:
             per_file = packed = 0.0
             for _ in range(args.repeat):  # alternate, so load changes hit both alike
                 before()
-                per_file = max(per_file, timed(pipeline(files, decode), order, args.seconds))
+                per_file = max(per_file, timed(pipeline(files, kind), order, args.seconds))
                 before()
                 source = make_pack()
                 pack_order = source.epoch_order(0)(0)
-                packed = max(packed, timed(pipeline(source, decode), pack_order, args.seconds))
+                packed = max(packed, timed(pipeline(source, kind), pack_order, args.seconds))
                 source.close()  # unmapped: a mapped page is not evicted by the next run
-            kind = "decode" if decode else "bytes"
             print(
-                f"{name:<16}{kind:<9}{per_file:>16,.0f}{packed:>12,.0f}{packed / per_file:>7.1f}×"
+                f"{name:<16}{kind:<9}{per_file:>16,.0f}{packed:>12,.0f}{packed / per_file:>7.2f}×"
             )
     if args.gpu:
         gpu_figure(folder)

@@ -20,8 +20,9 @@ def test_bench_shards_on_a_small_set(tmp_path: Path) -> None:
     argv += ["--repeat", "1", "--delay-ms", "1", "--s3", "--gpu"]
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = re.findall(r"^(local|local-cold|slow \(1 ms\)|s3 \(moto\)) +(bytes|decode) +[\d,]+ +"
-                      r"[\d,]+ +[\d.]+×$", done.stdout, flags=re.M)  # fmt: skip
-    assert len(rows) == 8, done.stdout
+    storage = r"^(local|local-cold|slow \(1 ms\)|s3 \(moto\))"
+    rows = re.findall(storage + r" +(bytes|decode|gpu-wkr) +[\d,]+ +[\d,]+ +[\d.]+×$",
+                      done.stdout, flags=re.M)  # fmt: skip
+    assert len(rows) == 12, done.stdout
     assert "HTTP/1.1" not in done.stdout + done.stderr
     assert re.search(r"^gpu decode: (unmeasured|\(.*\): workers [\d,]+ img/s)", done.stdout, re.M)
