@@ -173,10 +173,8 @@ class Finetune(PhaseRunner):
         self.val_step = step
 
     def on_log(self, step: int, loss: float, lr: float) -> None:
-        self.ctx.progress(
-            phase="finetune",
-            step=step,
-            iterations=self.iterations,
+        self.progress(
+            step,
             lr=lr,
             val_loss=self.val_loss,
             train_loss=loss,
@@ -188,10 +186,8 @@ class Finetune(PhaseRunner):
 
     def finish(self, model: nn.Module, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
         self.evaluate(model, step, self.lr_of(step - 1))
-        self.ctx.progress(
-            phase="finetune",
-            step=step,
-            iterations=self.iterations,
+        self.progress(
+            step,
             finetune_top1=self.top1,
             finetune_top5=self.top5,
             val_step=step,

@@ -182,10 +182,8 @@ class Pretrain(PhaseRunner):
 
     def on_log(self, step: int, loss: float, lr: float) -> None:
         self.train_loss = loss
-        self.ctx.progress(
-            phase="pretrain",
-            step=step,
-            iterations=self.iterations,
+        self.progress(
+            step,
             train_loss=loss,
             val_loss=self.val_loss,
             val_step=getattr(self, "val_step", None),
@@ -198,14 +196,7 @@ class Pretrain(PhaseRunner):
 
         cell, p = self.cell, self.p
         self.evaluate(model, step, self.lr_of(step - 1))
-        self.ctx.progress(
-            phase="pretrain",
-            step=step,
-            iterations=self.iterations,
-            train_loss=self.train_loss,
-            val_loss=self.val_loss,
-            val_step=step,
-        )
+        self.progress(step, train_loss=self.train_loss, val_loss=self.val_loss, val_step=step)
         flops = method_flops_per_image(cell)
         result = {
             "train_loss": self.train_loss,

@@ -122,6 +122,10 @@ class PhaseRunner:
     def add(self, step: int, split: str, metric: str, value: float, lr: float) -> None:
         self.points.append(self.ctx.point(self.phase, step, split, metric, value, lr))
 
+    def progress(self, step: int, **fields: Any) -> None:
+        """The stage's progress at ``step`` of this phase (progress.json, the driver's table)."""
+        self.ctx.progress(phase=self.phase, step=step, iterations=self.iterations, **fields)
+
     @property
     def settings(self) -> Any:
         """The cell's pre-training recipe: precision, compile and memory format of both phases."""
