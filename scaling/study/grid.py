@@ -313,6 +313,13 @@ class _StageSearcher(Searcher):
     def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
         return True
 
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the store is the state (a new run reads what is done from it).
+        Tune's default warns "save not implemented" on stderr at every run."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore (see :meth:`save`)."""
+
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         for job in list(self.pending):
             ready = self._ready(job)
