@@ -154,11 +154,17 @@ class ResultStore:
                 self.fs.delete_file(tmp)
 
     def read_bytes(self, rel: str) -> bytes | None:
+        """The bytes of ``rel``; None if it is missing, or if on this machine it is no
+        readable file (a folder, a symlink loop: then reported as damaged)."""
         try:
             with self.fs.open_input_stream(self.path(rel)) as src:
                 return src.read()
         except FileNotFoundError:
             return None
+        except OSError as err:
+            if not isinstance(self.fs, pafs.LocalFileSystem):
+                raise  # a remote store's OSError may be the network: never set a file aside
+            return self.damaged(rel, f"not a readable file: {err}")
 
     def delete(self, rel: str) -> None:
         if self.exists(rel):
