@@ -35,7 +35,7 @@ from scaling.cell.context import (
     seed_checkpoint,
 )
 from scaling.cell.saving import Shards, committed_slots
-from scaling.cell.tracking import Throughput
+from scaling.cell.tracking import Throughput, WaitedBatches
 from scaling.config.rules import micro_batch
 from scaling.errors import UserError
 from scaling.train.checkpoint import set_rng_state, unwrap
@@ -144,9 +144,9 @@ class PhaseRunner:
         model, optimizer, scaler, step = self._prepare(ckpt)
         self.started, self.previous_wall = time.time(), (ckpt or {}).get("wall_s", 0.0)
         self.bad_images = (ckpt or {}).get("bad_images", 0)
-        loader = self.train_batches(micro, step * self.accum_steps)
-        self.loader = loader
-        self.throughput = Throughput(self.batch_size, step, self.iterations)
+        self.loader = self.train_batches(micro, step * self.accum_steps)
+        self.batches = WaitedBatches(self.loader)
+        self.throughput = Throughput(self.batch_size, step, self.iterations, self.batches)
         try:
             step, result, state = self._train(model, optimizer, scaler, step, ckpt)
         except BaseException:
@@ -170,7 +170,7 @@ class PhaseRunner:
                 model,
                 optimizer,
                 scaler,
-                iter(self.loader),
+                self.batches,
                 step=step,
                 device=self.device,
                 dtype=self.dtype,

@@ -13,7 +13,9 @@ the same MLflow / W&B run (found by its stage id). Output goes under
 ``<output_dir>/tracking/``; for an object-store output it is written to a local folder
 and uploaded when the stage ends.
 
-:class:`Throughput` measures a phase's images/s and the time to its last step.
+:class:`Throughput` measures a phase's images/s, the time to its last step and the share
+of the time the loop waited for its next batch (:class:`WaitedBatches`): near 0 when the
+accelerator is the bottleneck, large when the data loader is.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +84,43 @@ def prepare_tracking(cfg: TrackingConfig) -> None:
         experiment(cfg.mlflow, cfg.project)
 
 
-class Throughput:
-    """Images/s over the last log interval and the time left at the rate since the start."""
+DATA_WAIT_WARN = 0.25
+"""A log interval whose loop waited on data this share of the time is logged (once a phase)."""
 
-    def __init__(self, batch_size: int, step: int, iterations: int) -> None:
-        self.batch_size, self.iterations = batch_size, iterations
+
+class WaitedBatches:
+    """The loader's batches, timing how long each ``next`` blocks the training loop."""
+
+    def __init__(self, batches: Iterable[Any]) -> None:
+        self.batches: Iterator[Any] = iter(batches)
+        self.waited_s = 0.0
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        start = time.perf_counter()
+        try:
+            return next(self.batches)
+        finally:
+            self.waited_s += time.perf_counter() - start
+
+
+class Throughput:
+    """Images/s over the last log interval, the time left at the rate since the start, and
+    the share of the interval spent waiting for batches (``data_wait``, 0–1)."""
+
+    def __init__(
+        self, batch_size: int, step: int, iterations: int, batches: WaitedBatches | None = None
+    ) -> None:
+        self.batch_size, self.iterations, self.batches = batch_size, iterations, batches
         self.start = self.last = (step, time.time())
+        self.last_wait = (time.perf_counter(), 0.0)
+        self.warned = False
 
     def tick(self, step: int) -> dict[str, float]:
-        """Progress fields at ``step``: ``images_per_s``, ``eta_s`` and ``time`` (Unix s)."""
+        """Progress fields at ``step``: ``images_per_s``, ``eta_s``, ``data_wait`` and
+        ``time`` (Unix s)."""
         now = time.time()
         (s0, t0), (s1, t1) = self.start, self.last
         self.last = (step, now)
@@ -99,7 +129,24 @@ class Throughput:
             fields["images_per_s"] = (step - s1) * self.batch_size / (now - t1)
         if step > s0 and now > t0:
             fields["eta_s"] = max(0, self.iterations - step) * (now - t0) / (step - s0)
+        if self.batches is not None:
+            clock, waited = time.perf_counter(), self.batches.waited_s
+            (c1, w1), self.last_wait = self.last_wait, (clock, waited)
+            if step > s1 and clock > c1:
+                fields["data_wait"] = min(1.0, max(0.0, (waited - w1) / (clock - c1)))
+                if s1 > s0:  # not the first interval: it includes the loader's start
+                    self._warn(s1, step, fields["data_wait"])
         return fields
+
+    def _warn(self, first: int, step: int, share: float) -> None:
+        if share >= DATA_WAIT_WARN and not self.warned:
+            self.warned = True
+            log.warning(
+                "steps %d–%d waited on data %.0f%% of the time: the data loader is the "
+                "bottleneck (more data.num_workers and resources.cpus, a pack from "
+                "`mimscale subsets pack` on slow storage, decode = \"gpu\" on a GPU)",
+                first, step, 100 * share,
+            )  # fmt: skip
 
 
 def _run_name(cfg: TrackingConfig, kind: str, stage_id: str, cell: Any) -> str:
@@ -174,7 +221,7 @@ class StageTracker:
         if step > self._train_step:  # the end of a phase repeats its last log
             self._train_step = int(step)
             names = {"train_loss": "train/loss", "lr": "lr", "images_per_s": "images_per_s",
-                     "grad_norm": "train/grad_norm"}  # fmt: skip
+                     "grad_norm": "train/grad_norm", "data_wait": "data_wait"}  # fmt: skip
             self._log({n: fields[k] for k, n in names.items() if _finite(fields.get(k))}, step)
         val_step = fields.get("val_step")
         if val_step is not None and val_step != self._val_step:

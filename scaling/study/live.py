@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 OVER = ("done", "failed")
 """States with nothing left to run in this run."""
+DATA_WAIT_SHOWN = 0.1
+"""A running stage's line says how long it waits on data from this share of the time."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,8 @@ class LiveView:
             return f"start {name}"
         if r.state == "running":
             speed = "" if r.images_per_s is None else f" · {r.images_per_s:.0f} img/s"
+            if r.data_wait is not None and r.data_wait >= DATA_WAIT_SHOWN:
+                speed += f" (waiting on data {r.data_wait:.0%})"
             total = r.total_steps or r.iterations
             return f"{pct:3d}% {r.kind} {r.stage_id} step {r.step}/{total}{speed} · ETA " + (
                 duration(r.eta_s)

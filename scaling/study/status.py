@@ -59,6 +59,8 @@ class StageStatus:
     """The running phase's last step (a fine-tune's comes from its data)."""
     images_per_s: float | None = None
     """Over the last log interval (progress.json)."""
+    data_wait: float | None = None
+    """Share of the last log interval the loop waited for its next batch (0–1)."""
     eta_s: float | None = None
     """A running stage's time to its last step, at its measured rate."""
     wall_s: float | None = None
@@ -142,6 +144,7 @@ def stage_status(
         error=row.get("error") if row is not None else None,
         total_steps=progress.get("iterations"),
         images_per_s=progress.get("images_per_s"),
+        data_wait=progress.get("data_wait"),
         eta_s=progress.get("eta_s") if state == "running" else None,
         wall_s=progress.get("wall_s"),
         log=_log_of(store, stage, state),

@@ -14,7 +14,7 @@ import pytest
 
 from scaling.cell.run import run_stage, run_trial
 from scaling.cell.stagelog import StageLog
-from scaling.cell.tracking import Throughput, TrackingError
+from scaling.cell.tracking import Throughput, TrackingError, WaitedBatches
 from scaling.config.identity import manifest_digests, pretrain_id
 from scaling.config.schema import TrackingConfig
 from scaling.study.store import ResultStore
@@ -77,7 +77,7 @@ def test_trackers_log_curves_and_final_metrics(tiny_cell, tmp_path: Path) -> Non
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
     assert [e.step for e in acc.Scalars("val/loss")] == [2, 4]
     assert acc.Scalars("val/loss")[-1].value == pytest.approx(row["val_loss"], rel=1e-6)
-    assert {"lr", "images_per_s", "final/val_loss"} <= set(acc.Tags()["scalars"])
+    assert {"lr", "images_per_s", "data_wait", "final/val_loss"} <= set(acc.Tags()["scalars"])
     assert all(e.value > 0 for e in acc.Scalars("images_per_s"))
     ft = EventAccumulator(str(runs["finetune"]))
     ft.Reload()
@@ -172,6 +172,42 @@ def test_throughput_images_per_second_and_eta(monkeypatch: pytest.MonkeyPatch) -
     assert fields["images_per_s"] == pytest.approx(320.0)
     assert fields["eta_s"] == pytest.approx(80 * 6 / 20)
     assert speed.tick(30).keys() == {"time", "eta_s"}  # no step since: no rate
+
+
+def _share_waiting(produce_s: float, consume_s: float, caplog=None) -> list[float]:
+    """data_wait of three log intervals of 4 steps: batches made in ``produce_s`` each,
+    trained on in ``consume_s`` each."""
+
+    def slow_batches():
+        while True:
+            time.sleep(produce_s)
+            yield None
+
+    batches = WaitedBatches(slow_batches())
+    speed = Throughput(batch_size=8, step=0, iterations=12, batches=batches)
+    shares = []
+    for step in range(1, 13):
+        next(batches)
+        time.sleep(consume_s)
+        if step % 4 == 0:
+            shares.append(speed.tick(step)["data_wait"])
+    return shares
+
+
+def test_data_wait_is_the_share_of_time_spent_waiting_for_batches(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="scaling.cell.tracking"):
+        fed = _share_waiting(produce_s=0.0, consume_s=0.02)
+    assert all(0 <= w < 0.2 for w in fed), fed
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="scaling.cell.tracking"):
+        starved = _share_waiting(produce_s=0.02, consume_s=0.0)
+    assert all(0.8 < w <= 1 for w in starved), starved
+    # said once a phase, and not for the first interval (it holds the loader's start)
+    (record,) = caplog.records
+    assert record.getMessage().startswith("steps 4–8 waited on data ")
+    assert "the data loader is the bottleneck (more data.num_workers" in record.getMessage()
 
 
 @pytest.mark.parametrize(

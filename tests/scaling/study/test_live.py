@@ -97,6 +97,19 @@ def test_events_off_a_terminal_one_line_per_event() -> None:
     assert len(lines) == 4  # nothing for the stage done before this run, nor for small steps
 
 
+def test_a_stage_waiting_on_data_says_so() -> None:
+    out = io.StringIO()
+    view = LiveView(out, tty=False, planned_gpu_hours=1.0, every_pct=25)
+    view.update([_row("a", "running", step=1), _row("b", "running", step=1)])
+    view.update([_row("a", "running", step=300, total_steps=1000, images_per_s=512.0,
+                      data_wait=0.42),
+                 _row("b", "running", step=300, total_steps=1000, images_per_s=900.0,
+                      data_wait=0.05)])  # fmt: skip
+    text = out.getvalue()
+    assert "pretrain a step 300/1000 · 512 img/s (waiting on data 42%) · ETA" in text
+    assert "pretrain b step 300/1000 · 900 img/s · ETA" in text
+
+
 def test_a_failure_event_names_the_error_and_the_log() -> None:
     out = io.StringIO()
     view = LiveView(out, tty=False)
@@ -141,6 +154,7 @@ def test_progress_carries_speed_and_status_shows_it(
     assert progress["wall_s"] > 0 and progress["time"] > 0
     (row,) = study_status(store, graph, running=())
     assert row.state == "stopped" and row.images_per_s == progress["images_per_s"]
+    assert 0 <= progress["data_wait"] <= 1 and row.data_wait == progress["data_wait"]
     assert row.log == str(tmp_path / "out" / stage.dir / "log.txt")
     (row,) = study_status(store, graph, running=(stage.stage_id,))
     assert row.eta_s == progress["eta_s"]
