@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import zipfile
 from typing import Any
 
 import torch
@@ -50,7 +51,14 @@ def checkpoint_bytes(state: dict[str, Any]) -> bytes:
 
 
 def read_checkpoint(data: bytes, name: str) -> dict[str, Any]:
-    """A checkpoint blob back as a dict (on the CPU); ``name`` is for the log."""
+    """A checkpoint blob back as a dict (on the CPU); ``name`` is for the log.
+
+    Raises ``ValueError`` when a record fails the CRC-32 ``torch.save`` stored with it:
+    ``torch.load`` does not check them, and a flipped byte in a tensor loads silently.
+    """
+    bad = zipfile.ZipFile(io.BytesIO(data)).testzip()  # a damaged archive: BadZipFile
+    if bad is not None:
+        raise ValueError(f"its record {bad} fails its CRC-32 (flipped or overwritten bytes)")
     # tensors, numbers, strings, lists and dicts only: loads without unpickling code
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     log.info("resuming from %s at step %d", name, state.get("step", -1))
