@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -113,10 +115,15 @@ def _write(out: Path, state: dict[str, Any], config: dict[str, Any]) -> None:
 def _result_state(store: Any, rel: str, stage_id: str) -> dict[str, Any]:
     from scaling.cell.context import load_checkpoint
 
-    ckpt = load_checkpoint(store, rel)
-    if ckpt is None or "result" not in ckpt:
-        raise ExportError(f"stage {stage_id} has not finished ({store.path(rel)})")
-    return ckpt
+    ckpt = load_checkpoint(store, rel)  # a damaged one falls back to the previous one
+    if ckpt is not None and "result" in ckpt:
+        return ckpt
+    if store.stage_complete(rel.split("/")[1], stage_id):
+        raise ExportError(
+            f"stage {stage_id} is complete but its final checkpoint {store.path(rel)} is "
+            "damaged or missing (see the warning above)"
+        )
+    raise ExportError(f"stage {stage_id} has not finished ({store.path(rel)})")
 
 
 def export_cell(store: Any, cell: Any, pretrain_id: str, finetune_id: str | None, out: Path):
@@ -205,17 +212,35 @@ def parse_where(items: list[str]) -> dict[str, str]:
 
 
 def export_study(store: Any, cells: list[tuple[Any, str, str | None]], out: Path) -> list[dict]:
-    """Export every cell whose pre-training is complete; ``index.json`` lists them."""
+    """Export every cell whose pre-training is complete; ``index.json`` lists them.
+
+    Everything is written under a hidden folder in ``out`` first and moved into place once
+    every cell has been read, so a checkpoint found damaged on the way leaves ``out`` as it
+    was (a cell exported before is replaced only by a whole new export of it).
+    """
     done = [c for c in cells if store.stage_complete("pretrain", c[1])]
     if not done:
         raise ExportError(
             f"none of the {len(cells)} selected cells has finished pre-training "
             f"({store.uri}); see mimscale status"
         )
-    entries = []
-    for cell, pid, fid in done:
-        cell_id = fid or pid
-        entries.append({"cell_id": cell_id, **export_cell(store, cell, pid, fid, out / cell_id)})
-        log.info("exported %s → %s", cell_id, out / cell_id)
-    (out / "index.json").write_text(json.dumps(entries, indent=2) + "\n")
+    existed = out.exists()
+    staging = out / f".export-{uuid.uuid4().hex[:8]}"
+    try:
+        entries = []
+        for cell, pid, fid in done:
+            cell_id = fid or pid
+            entry = export_cell(store, cell, pid, fid, staging / cell_id)
+            for part in ("encoder", "classifier"):  # the paths they will have
+                entry[part] = entry[part] and str(out / cell_id / part)
+            entries.append({"cell_id": cell_id, **entry})
+        for entry in entries:
+            shutil.rmtree(out / entry["cell_id"], ignore_errors=True)
+            (staging / entry["cell_id"]).rename(out / entry["cell_id"])
+            log.info("exported %s → %s", entry["cell_id"], out / entry["cell_id"])
+        (out / "index.json").write_text(json.dumps(entries, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(staging if existed else out, ignore_errors=True)
+        raise
+    staging.rmdir()
     return entries
