@@ -177,12 +177,13 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
         raise ConfigError("", f"no such file: {path}") from None
     except OSError as err:
         raise ConfigError("", f"cannot read {path}: {err.strerror}") from None
-    text = decode_text(
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError("", f"{path}: UTF-16 text (a UTF-16 byte-order mark); TOML is UTF-8")
+    text = decode_text(  # a UTF-8 byte-order mark (Windows editors write one) is dropped
         data,
         lambda line, _, byte: ConfigError(
             "", f"{path}:{line}: not UTF-8 text (byte 0x{byte:02x}); TOML is UTF-8"
         ),
-        encoding="utf-8",
     )
     try:
         return tomllib.loads(text), text

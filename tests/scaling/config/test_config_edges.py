@@ -1,0 +1,34 @@
+"""Study files as editors save them (found by an adversarial pass over the CLI's inputs):
+a UTF-8 byte-order mark made ``mimscale plan`` fail with ``invalid TOML: Invalid statement
+(at line 1, column 1)``; a UTF-16 file was "not UTF-8 (byte 0xff)" with no word of why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from study_helpers import study_text, tiny_tables
+
+from scaling.config.identity import study_hash
+from scaling.config.load import load_study
+from scaling.config.parse import ConfigError
+
+
+def _text(tmp_path: Path) -> str:
+    return study_text(tiny_tables(tmp_path / "data", tmp_path / "out"))
+
+
+def test_a_utf8_byte_order_mark_is_dropped(tmp_path: Path) -> None:
+    plain, marked = tmp_path / "plain.toml", tmp_path / "marked.toml"
+    plain.write_text(_text(tmp_path), encoding="utf-8")
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert study_hash(load_study(marked)) == study_hash(load_study(plain))
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_utf16_is_named(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "study.toml"
+    text = _text(tmp_path)
+    path.write_bytes(("\ufeff" + text if encoding == "utf-16-be" else text).encode(encoding))
+    with pytest.raises(ConfigError, match=rf"^{path}: UTF-16 text \(a UTF-16 byte-order mark\)"):
+        load_study(path)
