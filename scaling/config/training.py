@@ -186,6 +186,12 @@ class PretrainConfig:
             value = getattr(self, name)
             check(value >= 0, name, f"must be >= 0 (0: {_ZERO[name]}), got {value}")
         check(self.log_interval > 0, "log_interval", f"must be > 0, got {self.log_interval}")
+        low, high = self.crop_scale
+        check(
+            0 < low <= high <= 1,
+            "crop_scale",
+            f"must be [min, max] with 0 < min <= max <= 1, got {list(self.crop_scale)}",
+        )
 
     def warmup_for(self, iterations: int) -> int:
         """Warm-up steps of a run of ``iterations`` steps."""

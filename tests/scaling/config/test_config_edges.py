@@ -32,3 +32,13 @@ def test_utf16_is_named(tmp_path: Path, encoding: str) -> None:
     path.write_bytes(("\ufeff" + text if encoding == "utf-16-be" else text).encode(encoding))
     with pytest.raises(ConfigError, match=rf"^{path}: UTF-16 text \(a UTF-16 byte-order mark\)"):
         load_study(path)
+
+
+@pytest.mark.parametrize("crop", ["[0.9, 0.1]", "[0.0, 1.0]", "[0.5, 1.5]", "[-0.2, 0.5]"])
+def test_crop_scale_out_of_order_or_range_is_refused(tmp_path: Path, crop: str) -> None:
+    """``[0.9, 0.1]`` was accepted (torchvision only warns and crops anyway)."""
+    path = tmp_path / "study.toml"
+    path.write_text(_text(tmp_path), encoding="utf-8")
+    message = r"pretrain\.crop_scale: must be \[min, max\] with 0 < min <= max <= 1, got \["
+    with pytest.raises(ConfigError, match=rf"^{path} \(--set\): {message}"):
+        load_study(path, [f"pretrain.crop_scale={crop}"])
