@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from scaling.errors import UserError, decode_text
 
 T = TypeVar("T")
+INT64_MAX = 2**63 - 1
 
 
 class ConfigError(UserError):
@@ -85,10 +86,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 raise ConfigError(key, f"must be a finite number, got {value!r}")
             return float(value)
     elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > INT64_MAX:  # Parquet columns, torch steps and seeds are int64
+                raise ConfigError(key, f"must fit in 64 bits (at most {INT64_MAX:,}), got {value}")
+            return value
     elif tp in (bool, str):
         if isinstance(value, tp):
             return value

@@ -42,3 +42,22 @@ def test_crop_scale_out_of_order_or_range_is_refused(tmp_path: Path, crop: str) 
     message = r"pretrain\.crop_scale: must be \[min, max\] with 0 < min <= max <= 1, got \["
     with pytest.raises(ConfigError, match=rf"^{path} \(--set\): {message}"):
         load_study(path, [f"pretrain.crop_scale={crop}"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("pretrain.batch_size=99999999999999999999999", "pretrain.batch_size"),
+        ("pretrain.batch_size=1e23", "pretrain.batch_size"),
+        ("grid.iterations=[10000000000000000000000]", r"grid.iterations\[0\]"),
+    ],
+)
+def test_an_integer_beyond_64_bits_is_refused(tmp_path: Path, override: str, key: str) -> None:
+    """Such a batch size or length was accepted: ``plan`` printed 1e23-image batches, and a
+    run would overflow the int64 of a Parquet column or a torch step counter."""
+    path = tmp_path / "study.toml"
+    path.write_text(_text(tmp_path), encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"{key}: must fit in 64 bits \(at most 9,223,"):
+        load_study(path, [override])
+    with pytest.raises(ConfigError, match=r"grid\.seeds\[0\]: must fit in 64 bits"):
+        load_study(path, ["grid.seeds=[-99999999999999999999]"])
