@@ -33,7 +33,8 @@ def _where(path: Path, text: str, err: ConfigError, overrides: list[str]) -> str
     """``file:line`` of the key, and ``(--set)`` when an override set it."""
     line = locate(text, err.key)
     where = f"{path}:{line}" if line else str(path)
-    if any(o.split("=", 1)[0].strip() == err.key for o in overrides):
+    set_keys = [o.split("=", 1)[0].strip() for o in overrides]
+    if any(err.key == k or err.key.startswith((f"{k}[", f"{k}.")) for k in set_keys):
         where += " (--set)"
     return where
 

@@ -61,3 +61,19 @@ def test_an_integer_beyond_64_bits_is_refused(tmp_path: Path, override: str, key
         load_study(path, [override])
     with pytest.raises(ConfigError, match=r"grid\.seeds\[0\]: must fit in 64 bits"):
         load_study(path, ["grid.seeds=[-99999999999999999999]"])
+
+
+def test_a_bad_list_element_from_set_says_set(tmp_path: Path) -> None:
+    """``--set grid.iterations=[0]`` named only the file's line (where the list holds good
+    values): the element's key ``grid.iterations[0]`` did not match the override's."""
+    tables = tiny_tables(tmp_path / "data", tmp_path / "out")
+    path = tmp_path / "study.toml"
+    path.write_text(study_text(tables), encoding="utf-8")
+    line = next(
+        i for i, t in enumerate(path.read_text().splitlines(), 1) if t.startswith("iterations")
+    )
+    with pytest.raises(ConfigError, match=rf"^{path}:{line} \(--set\): grid\.iterations\[0\]: "):
+        load_study(path, ["grid.iterations=[0]"])
+    path.write_text(path.read_text().replace("iterations = [", "iterations = [0, "))
+    with pytest.raises(ConfigError, match=rf"^{path}:{line}: grid\.iterations\[0\]: must be > 0"):
+        load_study(path)  # the file's own bad value: no "(--set)"
