@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from subsets.arrow import to_numpy
-from subsets.errors import SubsetError
+from subsets.errors import SubsetError, no_file
 from subsets.packed import ByteStrings, byte_strings
 from subsets.parse import Malformed, parse_listing
 from subsets.pathnorm import normalise_paths
@@ -193,7 +193,7 @@ def read_listing(path: str | Path) -> Listing:
     """Read a listing file (``path wnid`` per line, or CSV with path,wnid columns)."""
     path = Path(path)
     if not path.is_file():
-        raise SubsetError(f"listing {path}: no such file")
+        raise no_file("listing", path)
     is_csv = _is_csv_header(_first_line(path))
     if is_csv:
         paths, codes, wnids = _read_csv_form(path)

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from subsets.arrow import from_numpy, repeated_string, string_array, to_numpy
 from subsets.atomic import atomic_path
-from subsets.errors import SubsetError
+from subsets.errors import SubsetError, no_file
 from subsets.integrity import check_columns, check_fields, check_schema
 from subsets.keys import path_keys
 
@@ -163,7 +163,7 @@ def read_manifest_info(path: str | Path) -> ManifestInfo:
     """The metadata of a manifest, reading only the Parquet footer."""
     path = Path(path)
     if not path.is_file():
-        raise SubsetError(f"manifest {path}: no such file")
+        raise no_file("manifest", path)
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as err:
@@ -238,7 +238,7 @@ def manifest_digest(path: str | Path) -> str:
     try:
         st = path.stat()
     except OSError:
-        raise SubsetError(f"manifest {path}: no such file") from None
+        raise no_file("manifest", path) from None
     cache_key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     if cache_key not in _VERIFIED:
         info = read_manifest_info(path)

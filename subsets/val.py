@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from scaling.errors import decode_text
-from subsets.errors import SubsetError
+from subsets.errors import SubsetError, no_file
 from subsets.listing import Listing
 from subsets.packed import byte_strings
 from subsets.scan import check_root, scan_tree, top_level
@@ -39,7 +39,7 @@ def find_val_csv(val_dir: Path) -> Path | None:
 def read_val_csv(csv_path: Path) -> tuple[list[str], list[str], list[int]]:
     """(image ids, wnids, line numbers) of a LOC_val_solution.csv-style file."""
     if not csv_path.is_file():
-        raise SubsetError(f"val CSV {csv_path}: no such file")
+        raise no_file("val CSV", csv_path)
     ids: list[str] = []
     wnids: list[str] = []
     lines: list[int] = []

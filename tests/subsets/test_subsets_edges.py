@@ -1,0 +1,59 @@
+"""Input files that are no files (found by an adversarial pass over the CLI's inputs): a
+folder or a symbolic link loop where a manifest, listing or val CSV should be was reported
+as "no such file"; now each says what is there instead, with exit code 2."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from scaling.cli import main
+from subsets.errors import SubsetError
+from subsets.listing import read_listing
+from subsets.manifest import manifest_digest, read_manifest_info
+from subsets.val import read_val_csv
+
+READERS = {
+    "manifest": read_manifest_info,
+    "listing": read_listing,
+    "val CSV": read_val_csv,
+}
+
+
+def _not_a_file(path: Path, how: str) -> None:
+    if how == "folder":
+        path.mkdir()
+    elif how == "loop":
+        os.symlink(path.name, path)
+
+
+@pytest.mark.parametrize("what", READERS)
+@pytest.mark.parametrize(
+    ("how", "says"),
+    [
+        ("folder", "is a folder, not a file"),
+        ("loop", r"a symbolic link that leads to no file \(a loop\?\)"),
+        ("nothing", "no such file"),
+    ],
+)
+def test_an_input_that_is_no_file_says_what_is_there(
+    tmp_path: Path, what: str, how: str, says: str
+) -> None:
+    path = tmp_path / "input.x"
+    _not_a_file(path, how)
+    with pytest.raises(SubsetError, match=rf"^{what} {path}: {says}$"):
+        READERS[what](path)
+
+
+def test_verify_of_a_folder_and_a_loop(tmp_path: Path, capsys) -> None:
+    folder, loop = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    _not_a_file(folder, "folder")
+    _not_a_file(loop, "loop")
+    with pytest.raises(SubsetError, match=r"is a folder, not a file"):
+        manifest_digest(folder)
+    with pytest.raises(SubsetError, match=r"leads to no file"):
+        manifest_digest(loop)
+    assert main(["subsets", "info", str(folder)]) == 2
+    assert f"error: manifest {folder}: is a folder, not a file" in capsys.readouterr().err
