@@ -206,7 +206,7 @@ def _read(fs: pafs.FileSystem, path: str, name: str) -> pd.DataFrame:
         raise
     except Exception as err:
         raise AnalysisError(f"{name}: cannot read table: {err}") from err
-    lines = csv_lines(text)
+    lines = csv_lines(text, name)
     if len(lines) != len(df):  # a quoted field spanning lines: count records instead
         lines = list(range(2, len(df) + 2))
     df[WHERE] = [f"line {n}" for n in lines]
@@ -219,17 +219,23 @@ def blank_comments(text: str) -> str:
     return "\n".join("" if ln.startswith("#") else ln for ln in text.split("\n"))
 
 
-def csv_lines(text: str) -> list[int]:
+def csv_lines(text: str, name: str = "") -> list[int]:
     """The line number (in the file, from 1) of each data record of a CSV, skipping
-    blank lines as pandas does."""
-    out, header_seen = [], False
+    blank lines as pandas does. A record with fewer fields than the header is an error
+    (pandas would fill them with NaN: a file cut short would lose its last cell's values)."""
+    out, width = [], 0
     reader = csv.reader(io.StringIO(text))
     for record in reader:
         if not record or all(not v.strip() for v in record):
             continue
-        if header_seen:
+        if width and len(record) < width:
+            raise AnalysisError(
+                f"{name}: line {reader.line_num}: {len(record)} fields, the header has "
+                f"{width} (a file cut short?)"
+            )
+        if width:
             out.append(reader.line_num)
-        header_seen = True
+        width = width or len(record)
     return out
 
 
