@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from analysis.errors import AnalysisError
 from scaling.errors import decode_text
@@ -198,7 +199,9 @@ def _read(fs: pafs.FileSystem, path: str, name: str) -> pd.DataFrame:
     try:
         with fs.open_input_file(path) as handle:
             if suffix != ".csv":
-                return _indexed(pd.read_parquet(handle), "row")
+                # the page checksums mimscale writes: a flipped value is an error, not data
+                table = pq.read_table(handle, page_checksum_verification=True)
+                return _indexed(table.to_pandas(), "row")
             data = handle.read()
         text = blank_comments(_utf8(data, name))
         df = pd.read_csv(io.StringIO(text))

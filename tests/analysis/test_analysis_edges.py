@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
-from analysis_fixtures import synthetic_cells
+from analysis_fixtures import synthetic_cells, write_study
 
 from analysis.errors import AnalysisError
 from analysis.table import load_results
@@ -51,3 +53,25 @@ def test_an_intact_csv_with_empty_optional_values_still_loads(tmp_path: Path) ->
     cells.loc[0, "finetune_top5"] = None  # an empty field: the row keeps every comma
     cells.to_csv(path, index=False)
     assert len(load_results(path).cells) == len(load_results(intact).cells)
+
+
+def _with_checksums(path: Path) -> bytes:
+    """Rewrite a table as the results store writes it (page checksums), uncompressed."""
+    pq.write_table(pq.read_table(path), path, compression="none", write_page_checksum=True)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("table", ["curves.parquet", "cells.parquet"])
+def test_a_flipped_value_in_a_checksummed_table_is_refused(tmp_path: Path, table: str) -> None:
+    """A flipped byte inside curves.parquet's values was analysed with exit 0 (pandas
+    reads without checking the page checksums the results store writes)."""
+    study = write_study(tmp_path / "study")
+    path = study / table
+    data = bytearray(_with_checksums(path))
+    column = "value" if table == "curves.parquet" else "val_loss"
+    first = float(pq.read_table(path, columns=[column]).column(0)[0].as_py())
+    at = bytes(data).index(np.float64(first).tobytes())
+    data[at + 3] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(AnalysisError, match=rf"{path}: cannot read table: .*CRC checksum"):
+        load_results(study)
