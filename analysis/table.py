@@ -117,14 +117,16 @@ def load_results(
         name = str(source).rstrip("/")
         if fs.get_file_info(path).type == pafs.FileType.Directory:
             study_dir, name = name, f"{name}/cells.parquet"
-            if fs.get_file_info(f"{path}/cells.parquet").type != _FILE:
+            if not _table_in(fs, path, study_dir, "cells.parquet"):
                 raise AnalysisError(f"{study_dir}: no cells.parquet (is this a study results dir?)")
             cells = _read(fs, f"{path}/cells.parquet", name)
-            if curves is None and fs.get_file_info(f"{path}/curves.parquet").type == _FILE:
+            if curves is None and _table_in(fs, path, study_dir, "curves.parquet"):
                 curves = f"{study_dir}/curves.parquet"
             study = _read_study(fs, f"{path}/study.json")
-            if fs.get_file_info(f"{path}/diagnostics.parquet").type == _FILE:
-                diagnostics = _read(fs, f"{path}/diagnostics.parquet", "diagnostics.parquet")
+            if _table_in(fs, path, study_dir, "diagnostics.parquet"):
+                diagnostics = _read(
+                    fs, f"{path}/diagnostics.parquet", f"{study_dir}/diagnostics.parquet"
+                )
         else:
             cells = _read(fs, path, name)
     n_rows = len(cells)
@@ -148,6 +150,14 @@ def load_results(
         prepared.n_seeds,
         _diagnostics_of(diagnostics, prepared.id_map),
     )
+
+
+def _table_in(fs: pafs.FileSystem, path: str, study_dir: str, table: str) -> bool:
+    """Whether the study directory holds ``table``; something else by its name is an error."""
+    kind = fs.get_file_info(f"{path}/{table}").type
+    if kind not in (_FILE, pafs.FileType.NotFound):
+        raise AnalysisError(f"{study_dir}/{table}: is a folder, not a table")
+    return kind == _FILE
 
 
 def _diagnostics_of(table: pd.DataFrame | None, id_map: dict[str, str]) -> pd.DataFrame | None:

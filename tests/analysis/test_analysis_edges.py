@@ -75,3 +75,16 @@ def test_a_flipped_value_in_a_checksummed_table_is_refused(tmp_path: Path, table
     path.write_bytes(bytes(data))
     with pytest.raises(AnalysisError, match=rf"{path}: cannot read table: .*CRC checksum"):
         load_results(study)
+
+
+@pytest.mark.parametrize("table", ["cells.parquet", "curves.parquet", "diagnostics.parquet"])
+def test_a_folder_in_place_of_a_table_is_named(tmp_path: Path, table: str, capsys) -> None:
+    """A folder named curves.parquet (or diagnostics.parquet) was skipped without a word
+    and the report written without curves; cells.parquet's said 'no cells.parquet'."""
+    study = write_study(tmp_path / "study")
+    (study / table).unlink(missing_ok=True)
+    (study / table).mkdir()
+    out = tmp_path / "report"
+    assert main(["analyze", str(study), "-o", str(out)]) == 2
+    assert f"error: {study}/{table}: is a folder, not a table" in capsys.readouterr().err
+    assert not out.exists()
