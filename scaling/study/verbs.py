@@ -124,8 +124,10 @@ def plan_command(args: argparse.Namespace) -> int:
 
     mfu = DEFAULT_MFU if args.mfu is None else args.mfu
     peak = H100_BF16_TFLOPS if args.peak_tflops is None else args.peak_tflops
-    if not 0 < mfu <= 1 or peak <= 0:
-        raise UsageError("--mfu must be in (0, 1] and --peak-tflops > 0")
+    if not 0 < mfu <= 1:  # NaN fails it too
+        raise UsageError(f"--mfu must be in (0, 1], got {mfu}")
+    if not 0 < peak < float("inf"):
+        raise UsageError(f"--peak-tflops must be a finite number > 0, got {peak}")
     plan = plan_study(_load(args), mfu=mfu, peak_tflops=peak)
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
