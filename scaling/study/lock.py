@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -142,6 +143,16 @@ def check_free(store: Any) -> None:
         raise _locked(store, _holder_text(lease, now), None)
 
 
+def _sound(lease: dict[str, Any]) -> bool:
+    """Finite numbers where a lease has numbers: a NaN or infinite heartbeat would hold the
+    lock forever, a text one would stop every run with a traceback."""
+    numbers = (lease["heartbeat"], lease.get("lease_s", LEASE_S))
+    finite = all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in numbers
+    )
+    return finite and isinstance(lease.get("pid", 0), int)
+
+
 def read_lease(store: Any) -> dict[str, Any] | None:
     """The lease in ``store`` (None: no lock; a garbage one reads as a stale lease)."""
     data = store.read_bytes(LOCK_NAME)
@@ -149,7 +160,7 @@ def read_lease(store: Any) -> dict[str, Any] | None:
         return None
     try:
         lease = json.loads(data)
-        if isinstance(lease, dict) and {"token", "heartbeat"} <= set(lease):
+        if isinstance(lease, dict) and {"token", "heartbeat"} <= set(lease) and _sound(lease):
             return lease
     except ValueError:
         pass
