@@ -12,6 +12,10 @@ for two pipelines over the same ImageNet-sized JPEGs (~330–500 px, quality 90)
   bytes, header, box, flip, mask; the decode is the accelerator's), measurable on any
   machine: the cores a GPU-decoding node needs per image/s.
 
+Each against two packs of the same images: their files' bytes (``subsets pack``), and
+their decoded pixels (``subsets pack --pixels``: the same pixels, ~9× the bytes; not for
+``gpu-wkr``, which it refuses, nor copied into the S3 server).
+
 and three storages:
 
 * ``local``: local disk, files in the page cache (as after the first epoch);
@@ -55,11 +59,14 @@ sys.path.insert(0, str(ROOT))
 
 
 def make_set(folder: Path, images: int) -> Path:
-    """``folder/train/<wnid>/*.JPEG`` (ImageNet-sized), a manifest and its pack; once."""
+    """``folder/train/<wnid>/*.JPEG`` (ImageNet-sized), a manifest and its two packs (the
+    files; their pixels); once."""
     import simplejpeg
     from PIL import Image
 
     marker = folder / f".complete-{images}"
+    if not (folder / "pack-pixels" / "index.parquet").is_file():
+        marker.unlink(missing_ok=True)  # a set from before pixel packs: made again
     if marker.is_file():
         return folder
     shutil.rmtree(folder, ignore_errors=True)
@@ -80,9 +87,10 @@ def make_set(folder: Path, images: int) -> Path:
     subprocess.run([*cli, "build", "--train", str(folder / "train"), "--source-kind",
                     "folder", "--out", str(folder / "manifests")], cwd=ROOT, check=True,
                    capture_output=True)  # fmt: skip
-    subprocess.run([*cli, "pack", str(folder / "manifests" / "folder-100pct.parquet"),
-                    "--root", str(folder), "--out", str(folder / "pack"), "--shard-size",
-                    "256M"], cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+    for out, extra in (("pack", []), ("pack-pixels", ["--pixels"])):
+        subprocess.run([*cli, "pack", str(folder / "manifests" / "folder-100pct.parquet"),
+                        "--root", str(folder), "--out", str(folder / out), "--shard-size",
+                        "256M", *extra], cwd=ROOT, check=True, capture_output=True)  # fmt: skip
     marker.touch()
     return folder
 
@@ -153,7 +161,8 @@ def s3_storage(folder: Path, manifest):
 
 
 def storages(folder: Path, args: argparse.Namespace):
-    """(name, per-file source, pack source factory, before-run hook) per storage."""
+    """(name, per-file source, pack source factory, pixel-pack source factory or None,
+    before-run hook) per storage."""
     from scaling.data.manifest import read_manifest
     from scaling.data.source import FileSource, PackSource
     from subsets.slowfs import Counts, latency_filesystem, open_file
@@ -161,6 +170,7 @@ def storages(folder: Path, args: argparse.Namespace):
     manifest = read_manifest(folder / "manifests" / "folder-100pct.parquet")
     files = [folder / manifest.path(j) for j in range(len(manifest))]
     shards = sorted((folder / "pack").glob("*.parquet"))
+    shards += sorted((folder / "pack-pixels").glob("*.parquet"))
     delay = args.delay_ms / 1000
     slow_fs, _ = latency_filesystem(delay)
 
@@ -173,13 +183,17 @@ def storages(folder: Path, args: argparse.Namespace):
     def pack(fs=None) -> PackSource:
         return PackSource(manifest, folder / "pack", filesystem=fs)
 
+    def pixels(fs=None) -> PackSource:
+        return PackSource(manifest, folder / "pack-pixels", filesystem=fs)
+
     local = FileSource(manifest, folder)
-    yield "local", local, pack, lambda: None
-    yield "local-cold", local, pack, lambda: evict(files + shards)
+    yield "local", local, pack, pixels, lambda: None
+    yield "local-cold", local, pack, pixels, lambda: evict(files + shards)
     slow = SlowFiles(manifest, folder)
-    yield f"slow ({args.delay_ms:g} ms)", slow, lambda: pack(slow_fs), lambda: None
-    if args.s3:
-        yield "s3 (moto)", *s3_storage(folder, manifest), lambda: None
+    slow_pack, slow_pixels = (lambda: pack(slow_fs)), (lambda: pixels(slow_fs))
+    yield f"slow ({args.delay_ms:g} ms)", slow, slow_pack, slow_pixels, lambda: None
+    if args.s3:  # (the pixel pack, ~9× the bytes, is not copied into moto's memory)
+        yield "s3 (moto)", *s3_storage(folder, manifest), None, lambda: None
 
 
 def gpu_figure(folder: Path, batch: int = 128, batches: int = 10) -> None:
@@ -217,6 +231,21 @@ def gpu_figure(folder: Path, batch: int = 128, batches: int = 10) -> None:
           f"(read, header, box), device decode + crop + resize {gpu:,.0f} img/s")  # fmt: skip
 
 
+def measure(kind: str, files, makers: list, order: np.ndarray, before, args) -> list[float]:
+    """Best images/s of ``repeat`` runs: the per-file source, then each pack's source."""
+    rates = [0.0] * (1 + len(makers))
+    for _ in range(args.repeat):  # alternate, so load changes hit all alike
+        before()
+        rates[0] = max(rates[0], timed(pipeline(files, kind), order, args.seconds))
+        for i, make in enumerate(makers, 1):
+            before()
+            source = make()
+            rate = timed(pipeline(source, kind), source.epoch_order(0)(0), args.seconds)
+            rates[i] = max(rates[i], rate)
+            source.close()  # unmapped: a mapped page is not evicted by the next run
+    return rates
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -232,21 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     folder = make_set(CACHE / "shards-bench", args.images)
     order = np.random.default_rng(0).permutation(args.images)
-    print(f"{'storage':<16}{'pipeline':<9}{'per-file img/s':>16}{'pack img/s':>12}{'ratio':>8}")
-    for name, files, make_pack, before in storages(folder, args):
+    print(f"{'storage':<16}{'pipeline':<9}{'per-file img/s':>16}{'pack img/s':>12}{'ratio':>8}"
+          f"{'pixels img/s':>14}{'ratio':>8}")  # fmt: skip
+    for name, files, make_pack, make_pixels, before in storages(folder, args):
         for kind in PIPELINES:
-            per_file = packed = 0.0
-            for _ in range(args.repeat):  # alternate, so load changes hit both alike
-                before()
-                per_file = max(per_file, timed(pipeline(files, kind), order, args.seconds))
-                before()
-                source = make_pack()
-                pack_order = source.epoch_order(0)(0)
-                packed = max(packed, timed(pipeline(source, kind), pack_order, args.seconds))
-                source.close()  # unmapped: a mapped page is not evicted by the next run
-            print(
-                f"{name:<16}{kind:<9}{per_file:>16,.0f}{packed:>12,.0f}{packed / per_file:>7.2f}×"
+            makers = [make_pack] + ([make_pixels] if make_pixels and kind != "gpu-wkr" else [])
+            rates = measure(kind, files, makers, order, before, args)
+            widths = (12, 14)[: len(rates) - 1]
+            cells = (
+                f"{r:>{w},.0f}{r / rates[0]:>7.2f}×" for r, w in zip(rates[1:], widths, strict=True)
             )
+            print(f"{name:<16}{kind:<9}{rates[0]:>16,.0f}" + "".join(cells))
     if args.gpu:
         gpu_figure(folder)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")

@@ -20,6 +20,9 @@ from subsets.errors import SubsetError
 PACK_FORMAT = 1
 """Pack format version; also the seed of the within-tier key hash."""
 PACK_KEY = b"mimscale-pack"
+FILES, PIXELS = "files", "pixels"
+"""What a pack's ``image`` column holds (its metadata's ``content``; packs from before it
+say nothing: files): each file's bytes, or its decoded pixels (``subsets pack --pixels``)."""
 INDEX_NAME = "index.parquet"
 SHARD_SCHEMA = pa.schema(
     [pa.field("key", pa.uint64(), nullable=False), pa.field("image", pa.binary(), nullable=False)]

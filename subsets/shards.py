@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 from subsets.arrow import to_numpy
 from subsets.errors import SubsetError
 from subsets.packlayout import (
+    FILES,
     INDEX_COLUMNS,
     INDEX_DIGEST,
     INDEX_NAME,
@@ -146,6 +147,11 @@ class Pack:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @property
+    def content(self) -> str:
+        """``files`` (each file's bytes) or ``pixels`` (decoded: ``subsets pack --pixels``)."""
+        return self.meta.get("content", FILES)
 
     @property
     def num_blocks(self) -> int:

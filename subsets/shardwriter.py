@@ -2,7 +2,10 @@
 
 Files are read by a thread pool a window at a time (in pack order) and written a
 block (one Parquet row group) at a time, so memory holds a window of files and one
-block whatever the data set size. Each shard's blake2b digest is computed from the
+block whatever the data set size. A block closes at ``block_bytes`` of the *files'*
+bytes (or ``block_rows``), so a pack of pixels (``--pixels``: ~9× the bytes) has the
+blocks, hence the epoch order, of a pack of the files with the same options; a shard
+closes at ``shard_bytes`` of what it stores. Each shard's blake2b digest is computed from the
 bytes as they are written.
 """
 
@@ -34,6 +37,7 @@ class PackOptions(Protocol):
     block_bytes: int
     block_rows: int
     workers: int
+    pixels: bool
 
 
 @dataclass
@@ -82,13 +86,22 @@ def _read_file(root: Path, path: str) -> bytes:
         raise SubsetError(f"{root / path}: cannot read image: {err.strerror or err}") from None
 
 
-def _images(root: Path, paths: pa.ChunkedArray, workers: int) -> Iterator[bytes]:
-    """The bytes of every file, in order, read ahead by a thread pool a window at a time."""
+def _images(
+    root: Path, paths: pa.ChunkedArray, workers: int, pixels: bool
+) -> Iterator[tuple[bytes, int]]:
+    """(what is stored, the file's size) of every file, in order, read ahead by a thread
+    pool a window at a time; stored is the file's bytes, or with ``pixels`` its pixel form."""
     window = 64 * workers
+    if pixels:
+        from scaling.data.decode import encode_pixels
+
+    def load(path: str) -> tuple[bytes, int]:
+        data = _read_file(root, path)
+        return (encode_pixels(data) if pixels else data), len(data)
+
     with ThreadPoolExecutor(workers) as pool:
         for lo in range(0, len(paths), window):
-            batch = paths.slice(lo, window).to_pylist()
-            yield from pool.map(lambda p: _read_file(root, p), batch)
+            yield from pool.map(load, paths.slice(lo, window).to_pylist())
 
 
 def _find_images(written: bytes, images: list[bytes]) -> np.ndarray:
@@ -193,11 +206,12 @@ def write_shards(folder: Path, config: PackOptions, keys: np.ndarray, paths: pa.
         block_images.clear()
 
     key_list = keys.tolist()
-    for i, image in enumerate(_images(config.root.absolute(), paths, config.workers)):
+    images = _images(config.root.absolute(), paths, config.workers, config.pixels)
+    for i, (image, file_size) in enumerate(images):
         block_keys.append(key_list[i])
         block_images.append(image)
         size_of[i] = len(image)
-        block_size += len(image)
+        block_size += file_size  # blocks by the files' bytes: a pixel pack's are the same
         if block_size >= config.block_bytes or len(block_keys) >= config.block_rows:
             flush(i + 1)
             block_size, first = 0, i + 1

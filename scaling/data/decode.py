@@ -8,7 +8,9 @@ antialiased bilinear kernel (the same filter as PIL's, several times faster).
 Anything simplejpeg rejects — PNG, WebP, CMYK JPEGs, JPEGs with recoverable
 errors — goes through PIL. ``exact``: a full decode with PIL and the crop resized by
 PIL's bilinear filter, which is what torchvision's ``RandomResizedCrop`` does to the PIL
-images of the released SimMIM code. The result is always RGB.
+images of the released SimMIM code. The result is always RGB. An image in pixel form
+(a pack made with ``--pixels``, :mod:`scaling.data.pixels`) gives the same pixels in both
+modes without decoding.
 
 A crop box is ``(top, left, height, width)`` in pixels of the full-size image.
 """
@@ -25,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from scaling.data.pixels import FACTORS, PIL_LEVEL, PixelImage, is_pixels, pack_levels
+
 Box = tuple[int, int, int, int]
 
 DCT_SCALES = (8, 4, 2)
@@ -34,19 +38,33 @@ DCT_SCALES = (8, 4, 2)
 class EncodedImage:
     """One encoded image: its size from the header, and decoding on demand."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self.data = data
         self._pil: Image.Image | None = None
+        self._pixels: PixelImage | None = None
+        self.is_jpeg = False
+        """Encoded as a JPEG (what nvJPEG decodes)."""
+        if is_pixels(data):
+            self._pixels = PixelImage(data)
+            self.height, self.width = self._pixels.height, self._pixels.width
+            return
         try:
             self.height, self.width, _, _ = simplejpeg.decode_jpeg_header(data)
             self.is_jpeg = True
         except ValueError:
-            self.is_jpeg = False
             self._pil = Image.open(io.BytesIO(data))  # lazy: reads the header only
             self.width, self.height = self._pil.size
 
+    @property
+    def scalable(self) -> bool:
+        """Decodes at 1/2, 1/4, 1/8 size (a JPEG, or pixels that hold those decodes)."""
+        return self.is_jpeg or self._pixels is not None
+
     def decode(self, factor: int = 1) -> np.ndarray:
-        """(H, W, 3) uint8 RGB; a JPEG is reduced by ``factor`` (1, 2, 4, 8) in the IDCT."""
+        """(H, W, 3) uint8 RGB; a JPEG is reduced by ``factor`` (1, 2, 4, 8) in the IDCT.
+        Pixels in pixel form are a read-only view."""
+        if self._pixels is not None:
+            return self._pixels.decode(factor)
         if self.is_jpeg:
             try:
                 # The exact ceil sizes make simplejpeg pick the 1/factor scale, not n/8.
@@ -69,7 +87,7 @@ class EncodedImage:
         """Crop ``box``, resize to ``size`` (h, w) and optionally mirror: (3, h, w) uint8."""
         top, left, box_h, box_w = box
         out_h, out_w = size
-        factor = dct_factor(box_h, box_w, out_h, out_w) if self.is_jpeg else 1
+        factor = dct_factor(box_h, box_w, out_h, out_w) if self.scalable else 1
         pixels = self.decode(factor)
         if pixels.shape[:2] == (self.height, self.width):  # PIL fallback: full size
             factor = 1
@@ -78,7 +96,10 @@ class EncodedImage:
         y0, x0 = _snap(top, factor), _snap(left, factor)
         y1 = max(y0 + 1, min(pixels.shape[0], _snap(top + box_h, factor)))
         x1 = max(x0 + 1, min(pixels.shape[1], _snap(left + box_w, factor)))
-        region = torch.from_numpy(pixels).permute(2, 0, 1)[:, y0:y1, x0:x1]  # (3, h', w') view
+        if pixels.flags.writeable:
+            region = torch.from_numpy(pixels).permute(2, 0, 1)[:, y0:y1, x0:x1]  # a view
+        else:  # stored pixels: the crop copied (channels-last, as the resize wants it)
+            region = torch.from_numpy(np.array(pixels[y0:y1, x0:x1])).permute(2, 0, 1)
         out = F.interpolate(region[None], size=size, mode="bilinear", antialias=True)[0]
         if flip:
             out = out.flip(-1)
@@ -91,7 +112,10 @@ class EncodedImage:
         torchvision's ``RandomResizedCrop`` on a PIL image (crop, bilinear resize) and
         ``RandomHorizontalFlip``: (3, h, w) uint8, pixel for pixel what it gives."""
         top, left, box_h, box_w = box
-        image = Image.open(io.BytesIO(self.data)).convert("RGB")
+        if self._pixels is not None:
+            image = self._pixels.exact()
+        else:
+            image = Image.open(io.BytesIO(self.data)).convert("RGB")
         image = image.crop((left, top, left + box_w, top + box_h))
         image = image.resize((size[1], size[0]), Image.BILINEAR)
         if flip:
@@ -178,3 +202,22 @@ def center_square_box(height: int, width: int) -> Box:
     """The largest central square: resize-shorter-side-then-center-crop, as one box."""
     side = min(height, width)
     return (height - side) // 2, (width - side) // 2, side, side
+
+
+def encode_pixels(data: bytes) -> bytes:
+    """The pixel form of an encoded image (:mod:`scaling.data.pixels`); its own bytes
+    when it does not decode (a bad image stays one)."""
+    try:
+        image = EncodedImage(data)
+        full = image.decode(1)
+        levels = {1: full}
+        for factor in FACTORS[1:]:
+            reduced = image.decode(factor) if image.is_jpeg else full
+            if reduced.shape != full.shape or not np.array_equal(reduced, full):
+                levels[factor] = reduced  # (not PIL's full-size fallback: that is level 1)
+        exact = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    except Exception:  # the decoders raise many kinds; all mean "bad image"
+        return data
+    if not np.array_equal(exact, full):
+        levels[PIL_LEVEL] = exact
+    return pack_levels(image.height, image.width, levels)

@@ -177,7 +177,7 @@ def build_pretrain_loader(
     default cuda, in this process: :mod:`scaling.data.gpu_decode`).
     """
     m = open_manifest(manifest)
-    source = open_source(m, root, packed, window=shard_window)
+    source = open_source(m, root, packed, window=shard_window, decode=decode)
     dataset = PretrainDataset(
         source, image_size=image_size, mask=mask, seed=seed,
         crop_scale=crop_scale, crop_ratio=crop_ratio, decode=decode,

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from scaling.data.manifest import Manifest, check_root
+from scaling.data.decode import GPU_MODE
+from scaling.data.manifest import DataError, Manifest, check_root
 
 PathLike = str | os.PathLike[str]
 
@@ -71,6 +72,13 @@ class PackSource:
     def read(self, j: int) -> memoryview:
         return self.view.read(j)
 
+    @property
+    def pixels(self) -> bool:
+        """The pack holds decoded pixels (``subsets pack --pixels``), not the files."""
+        from subsets.packlayout import PIXELS
+
+        return self.view.pack.content == PIXELS
+
     def close(self) -> None:
         """Release the pack's cached blocks, files and maps (reopened on the next read)."""
         self.view.close()
@@ -89,10 +97,28 @@ ImageSource = FileSource | PackSource
 
 
 def open_source(
-    manifest: Manifest, root: PathLike, packed: PathLike | None = None, *, window: int = 4
+    manifest: Manifest,
+    root: PathLike,
+    packed: PathLike | None = None,
+    *,
+    window: int = 4,
+    decode: str = "fast",
 ) -> ImageSource:
-    """A pack source when ``packed`` names a pack, else files under ``root`` (checked)."""
+    """A pack source when ``packed`` names a pack, else files under ``root`` (checked);
+    DataError for ``decode="gpu"`` on a pack of pixels (no JPEG left to decode)."""
     if packed:
-        return PackSource(manifest, packed, window=window)
+        source = PackSource(manifest, packed, window=window)
+        if decode == GPU_MODE and source.pixels:
+            source.close()
+            raise DataError(pixels_refuse_gpu(source.location))
+        return source
     check_root(manifest, os.fspath(root))
     return FileSource(manifest, root)
+
+
+def pixels_refuse_gpu(location: str) -> str:
+    return (
+        f'pack {location} holds decoded pixels (subsets pack --pixels): decode = "gpu" '
+        'has no JPEG to decode in it; use decode = "fast" or "exact" with it (the '
+        "same pixels as from the files, without decoding), or a pack made without --pixels"
+    )

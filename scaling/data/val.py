@@ -85,7 +85,7 @@ def build_val_loader(
     images (see :func:`eval_indices`), so summed losses all-reduce to the loss of all.
     ``packed`` and ``decode`` as for :func:`build_pretrain_loader`."""
     m = open_manifest(manifest)
-    source = open_source(m, root, packed)
+    source = open_source(m, root, packed, decode=decode)
     indices = eval_indices(m, limit=limit, rank=rank, world_size=world_size, source=source)
     dataset = ValDataset(source, image_size=image_size, mask=mask, indices=indices, decode=decode)
     loader = data_loader(

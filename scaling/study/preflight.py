@@ -256,8 +256,11 @@ def check_pack(study: StudyConfig, subsets: dict[str, SubsetInfo]) -> None:
     manifests' keys, not the shards (``mimscale subsets pack-verify`` reads those)."""
     if not study.data.packed:
         return
+    from scaling.data.decode import GPU_MODE
+    from scaling.data.source import pixels_refuse_gpu
     from subsets.errors import SubsetError
     from subsets.manifest import read_manifest
+    from subsets.packlayout import PIXELS
     from subsets.shards import open_pack
 
     try:
@@ -268,6 +271,8 @@ def check_pack(study: StudyConfig, subsets: dict[str, SubsetInfo]) -> None:
         for name in subsets:
             table, _ = read_manifest(study.data.manifest(name), columns=["key"])
             pack.rows_of(table.column("key").to_numpy(), name)
+        if pack.content == PIXELS and any(c.pretrain.decode == GPU_MODE for c in study.cells()):
+            raise SubsetError(pixels_refuse_gpu(study.data.packed))
     except SubsetError as err:
         raise located(study, "data.packed", str(err)) from None
 

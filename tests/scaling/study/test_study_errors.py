@@ -258,7 +258,8 @@ def test_a_subset_smaller_than_a_batch_is_refused_before_ray(
 
 
 @pytest.mark.parametrize(
-    "damage", ["not a pack", "damaged index", "edited index", "manifest not packed"]
+    "damage",
+    ["not a pack", "damaged index", "edited index", "manifest not packed", "pixels for gpu"],
 )
 def test_a_pack_that_cannot_serve_the_study_is_refused_before_ray(
     tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str], damage: str
@@ -268,7 +269,8 @@ def test_a_pack_that_cannot_serve_the_study_is_refused_before_ray(
     pack = tmp_path / "pack"
     packed = ("demo-val",) if damage == "manifest not packed" else ("demo-25pct", "demo-val")
     manifests = tuple(data / "manifests" / f"{n}.parquet" for n in packed)
-    pack_manifests(PackConfig(manifests=manifests, root=data, out_dir=pack))
+    pixels = damage == "pixels for gpu"
+    pack_manifests(PackConfig(manifests=manifests, root=data, out_dir=pack, pixels=pixels))
     if damage == "not a pack":
         (pack / "index.parquet").unlink()
     elif damage == "damaged index":
@@ -283,7 +285,8 @@ def test_a_pack_that_cannot_serve_the_study_is_refused_before_ray(
         sizes[0] += 1
         index = index.set_column(index.schema.get_field_index("size"), "size", pa.array(sizes))
         pq.write_table(index, pack / "index.parquet")
-    tables = tiny_tables(data, tmp_path / "out", data={"packed": str(pack)})
+    decode = {"decode": "gpu"} if pixels else {}
+    tables = tiny_tables(data, tmp_path / "out", data={"packed": str(pack)}, pretrain=decode)
     path = write_study(tmp_path / "s.toml", tables)
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
@@ -293,6 +296,8 @@ def test_a_pack_that_cannot_serve_the_study_is_refused_before_ray(
         "edited index": r"index\.parquet: digest [0-9a-f]{32}, its metadata says [0-9a-f]{32} "
         r"\(the index was changed\)",
         "manifest not packed": r"demo-25pct: \d+ of its \d+ images are not in the pack",
+        "pixels for gpu": r"holds decoded pixels \(subsets pack --pixels\): decode = \"gpu\" has "
+        r"no JPEG to decode in it; use decode = \"fast\" or \"exact\" with it",
     }[damage]
     line = line_of_key(path, "data", "packed")
     assert re.match(rf"error: {re.escape(str(path))}:{line}: data\.packed: .*{message}", err), err
