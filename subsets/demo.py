@@ -33,6 +33,7 @@ import numpy as np
 from subsets.atomic import atomic_path, atomic_write_text
 from subsets.build import BuildConfig, build_subsets
 from subsets.errors import SubsetError
+from subsets.outdir import check_out_folder
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,11 @@ def build_demo(out_dir: str | Path, *, manifests: bool = True) -> Path:
         return out_dir
     if out_dir.exists() and not out_dir.is_dir():
         raise SubsetError(f"demo: {out_dir} exists and is not a folder")
+    check_out_folder(out_dir, "demo:")  # under a file, not writable
+    try:  # where even root cannot make a folder (/proc, a read-only mount)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SubsetError(f"demo: {out_dir}: cannot create the folder ({err.strerror})") from None
     count = marker.get("images") or write_demo_tree(out_dir)
     if manifests:
         build_subsets(

@@ -57,3 +57,22 @@ def test_verify_of_a_folder_and_a_loop(tmp_path: Path, capsys) -> None:
         manifest_digest(loop)
     assert main(["subsets", "info", str(folder)]) == 2
     assert f"error: manifest {folder}: is a folder, not a file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_demo_where_no_folder_can_be_made(capsys) -> None:
+    """``subsets demo /proc/x`` stopped with a FileNotFoundError traceback (root passes
+    every access check there; only mkdir says no)."""
+    assert main(["subsets", "demo", "/proc/mimscale-demo"]) == 2
+    err = capsys.readouterr().err
+    assert "error: demo: /proc/mimscale-demo: cannot create the folder (" in err
+    assert "Traceback" not in err
+
+
+def test_demo_under_a_file(tmp_path: Path, capsys) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    out = tmp_path / "afile" / "demo"
+    assert main(["subsets", "demo", str(out)]) == 2
+    assert f"error: demo: {out}: {tmp_path / 'afile'} is a file, not a folder" in (
+        capsys.readouterr().err
+    )
