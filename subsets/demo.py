@@ -134,10 +134,6 @@ def build_demo(out_dir: str | Path, *, manifests: bool = True) -> Path:
     if out_dir.exists() and not out_dir.is_dir():
         raise SubsetError(f"demo: {out_dir} exists and is not a folder")
     check_out_folder(out_dir, "demo:")  # under a file, not writable
-    try:  # where even root cannot make a folder (/proc, a read-only mount)
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SubsetError(f"demo: {out_dir}: cannot create the folder ({err.strerror})") from None
     count = marker.get("images") or write_demo_tree(out_dir)
     if manifests:
         build_subsets(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,14 @@ def check_out_folder(out_dir: Path, flag: str = "--out") -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "folder" if existing == out_dir else f"folder cannot be created: {existing}"
         raise SubsetError(f"{flag} {out_dir}: {what} is not writable")
+    try:  # root passes the access check where a write still fails (/proc, /sys, read-only)
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise SubsetError(
+            f"{flag} {out_dir}: cannot write in {existing} ({err.strerror})"
+        ) from None
 
 
 def check_targets(out_dir: Path, names: list[str]) -> None:

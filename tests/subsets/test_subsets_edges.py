@@ -65,7 +65,7 @@ def test_demo_where_no_folder_can_be_made(capsys) -> None:
     every access check there; only mkdir says no)."""
     assert main(["subsets", "demo", "/proc/mimscale-demo"]) == 2
     err = capsys.readouterr().err
-    assert "error: demo: /proc/mimscale-demo: cannot create the folder (" in err
+    assert "error: demo: /proc/mimscale-demo: cannot write in /proc (" in err
     assert "Traceback" not in err
 
 
@@ -76,3 +76,18 @@ def test_demo_under_a_file(tmp_path: Path, capsys) -> None:
     assert f"error: demo: {out}: {tmp_path / 'afile'} is a file, not a folder" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("verb", ["build", "pack"])
+def test_build_and_pack_where_nothing_can_be_written(verb: str, demo_dir: Path, capsys) -> None:
+    """``subsets build|pack --out /proc/x`` stopped with a FileNotFoundError traceback
+    after the scan: the access check passes for root, the write does not."""
+    argv = {
+        "build": ["--train", str(demo_dir / "train"), "--subsets", "in1k-10pct"],
+        "pack": [str(demo_dir / "manifests" / "demo-1pct.parquet")],
+    }[verb]
+    out = "/proc/mimscale-out"
+    assert main(["subsets", verb, *argv, "--root", str(demo_dir), "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --out {out}: cannot write in /proc (" in err and "Traceback" not in err
