@@ -274,6 +274,18 @@ class BuildResult:
     data_root: Path | None
 
 
+def _check_out_outside_trees(config: BuildConfig) -> None:
+    """Refuse an ``--out`` inside an image tree the build scans: its manifests would sit
+    among the images (a new class folder, or files in one) for every later scan."""
+    out = config.out_dir.resolve()
+    for flag, tree in (("--train", config.train), ("--val", config.val)):
+        if tree is not None and out.is_relative_to(tree.resolve()):
+            raise SubsetError(
+                f"--out {config.out_dir}: inside the image tree {flag} {tree}; "
+                "write the manifests outside it (e.g. beside it)"
+            )
+
+
 def build_subsets(config: BuildConfig) -> BuildResult:
     """Read the sources of ``config`` and write its manifests (see the module docstring)."""
     kind = source_kind(config.source_kind)
@@ -281,6 +293,7 @@ def build_subsets(config: BuildConfig) -> BuildResult:
     check_prefix(prefix, kind)
     specs = [resolve_subset(n, kind, prefix) for n in _subset_names(config, kind, prefix)]
     check_targets(config.out_dir, [s.name for s in specs])
+    _check_out_outside_trees(config)
     held_per_class = (
         config.holdout_per_class if config.holdout_per_class is not None else kind.holdout_per_class
     )

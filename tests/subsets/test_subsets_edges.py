@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from scaling.cli import main
+from subsets.build import BuildConfig, build_subsets
 from subsets.errors import SubsetError
 from subsets.listing import read_listing
 from subsets.manifest import manifest_digest, read_manifest_info
@@ -91,3 +92,20 @@ def test_build_and_pack_where_nothing_can_be_written(verb: str, demo_dir: Path, 
     assert main(["subsets", verb, *argv, "--root", str(demo_dir), "--out", out]) == 2
     err = capsys.readouterr().err
     assert f"error: --out {out}: cannot write in /proc (" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("inside", ["train/n00000003", "train/manifests", "train/./x/../y"])
+def test_build_into_the_image_tree_is_refused(tmp_path: Path, demo_dir: Path, inside: str) -> None:
+    """``subsets build --train T --out T/<class>`` wrote the manifest among the images
+    (exit 0), where every later scan meets it."""
+    import shutil
+
+    root = tmp_path / "demo"
+    shutil.copytree(demo_dir / "train", root / "train")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    out = root / inside
+    with pytest.raises(SubsetError, match=rf"^--out {out}: inside the image tree --train "):
+        build_subsets(
+            BuildConfig(out_dir=out, train=root / "train", data_root=root, subsets=["in1k-10pct"])
+        )
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
