@@ -20,6 +20,7 @@ from torch import nn
 
 from scaling.cell.context import TrialContext
 from scaling.cell.runner import PhaseOutput, PhaseRunner
+from scaling.cell.tracking import DATA_HINT
 from scaling.train.loop import autocast, distributed
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Pretrain(PhaseRunner):
 
     phase, checkpoint_name = "pretrain", "checkpoint.pt"
     fix_hint = "lower pretrain.base_lr or check the data"
+    data_hint = f'{DATA_HINT}; pretrain.decode = "gpu" on a GPU'
 
     def __init__(self, ctx: TrialContext, seeds: dict[int, list[str]] | None = None) -> None:
         from scaling.model.methods import get_method

@@ -35,7 +35,7 @@ from scaling.cell.context import (
     seed_checkpoint,
 )
 from scaling.cell.saving import Shards, committed_slots
-from scaling.cell.tracking import Throughput, WaitedBatches
+from scaling.cell.tracking import DATA_HINT, Throughput, WaitedBatches
 from scaling.config.rules import micro_batch
 from scaling.errors import UserError
 from scaling.train.checkpoint import set_rng_state, unwrap
@@ -69,6 +69,8 @@ class PhaseRunner:
     """File under the cell's directory."""
     fix_hint: str = ""
     """What to change after a non-finite loss."""
+    data_hint: str = DATA_HINT
+    """What to change when the loop waits on data (:class:`Throughput`'s warning)."""
 
     def __init__(self, ctx: TrialContext, seeds: dict[int, list[str]] | None = None) -> None:
         self.ctx, self.device = ctx, ctx.device
@@ -146,7 +148,9 @@ class PhaseRunner:
         self.bad_images = (ckpt or {}).get("bad_images", 0)
         self.loader = self.train_batches(micro, step * self.accum_steps)
         self.batches = WaitedBatches(self.loader)
-        self.throughput = Throughput(self.batch_size, step, self.iterations, self.batches)
+        self.throughput = Throughput(
+            self.batch_size, step, self.iterations, self.batches, hint=self.data_hint
+        )
         try:
             step, result, state = self._train(model, optimizer, scaler, step, ckpt)
         except BaseException:

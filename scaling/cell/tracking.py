@@ -86,6 +86,10 @@ def prepare_tracking(cfg: TrackingConfig) -> None:
 
 DATA_WAIT_WARN = 0.25
 """A log interval whose loop waited on data this share of the time is logged (once a phase)."""
+DATA_HINT = (
+    "more data.num_workers and resources.cpus; a pack (`mimscale subsets pack`, with --pixels "
+    "to decode each image once)"
+)
 
 
 class WaitedBatches:
@@ -111,9 +115,16 @@ class Throughput:
     the share of the interval spent waiting for batches (``data_wait``, 0–1)."""
 
     def __init__(
-        self, batch_size: int, step: int, iterations: int, batches: WaitedBatches | None = None
+        self,
+        batch_size: int,
+        step: int,
+        iterations: int,
+        batches: WaitedBatches | None = None,
+        *,
+        hint: str = DATA_HINT,
     ) -> None:
         self.batch_size, self.iterations, self.batches = batch_size, iterations, batches
+        self.hint = hint
         self.start = self.last = (step, time.time())
         self.last_wait = (time.perf_counter(), 0.0)
         self.warned = False
@@ -143,9 +154,7 @@ class Throughput:
             self.warned = True
             log.warning(
                 "steps %d–%d waited on data %.0f%% of the time: the data loader is the "
-                "bottleneck (more data.num_workers and resources.cpus, a pack from "
-                "`mimscale subsets pack` on slow storage, decode = \"gpu\" on a GPU)",
-                first, step, 100 * share,
+                "bottleneck (%s)", first, step, 100 * share, self.hint,
             )  # fmt: skip
 
 

@@ -207,7 +207,10 @@ def test_data_wait_is_the_share_of_time_spent_waiting_for_batches(
     # said once a phase, and not for the first interval (it holds the loader's start)
     (record,) = caplog.records
     assert record.getMessage().startswith("steps 4–8 waited on data ")
-    assert "the data loader is the bottleneck (more data.num_workers" in record.getMessage()
+    assert record.getMessage().endswith(
+        "the data loader is the bottleneck (more data.num_workers and resources.cpus; a pack "
+        "(`mimscale subsets pack`, with --pixels to decode each image once))"
+    )
 
 
 @pytest.mark.parametrize(
