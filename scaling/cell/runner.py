@@ -147,6 +147,7 @@ class PhaseRunner:
         self.started, self.previous_wall = time.time(), (ckpt or {}).get("wall_s", 0.0)
         self.bad_images = (ckpt or {}).get("bad_images", 0)
         self.loader = self.train_batches(micro, step * self.accum_steps)
+        self.order = self._check_order(ckpt)
         self.batches = WaitedBatches(self.loader)
         self.throughput = Throughput(
             self.batch_size, step, self.iterations, self.batches, hint=self.data_hint
@@ -186,6 +187,23 @@ class PhaseRunner:
                 f"{e.step} (lr {self.lr_of(e.step):.3g}); {self.fix_hint}"
             ) from None
         return step, *self.finish(unwrap(model), step)
+
+    def _check_order(self, ckpt: dict[str, Any] | None) -> str | None:
+        """The digest of the training data's order (a pack's blocks: None for files); a
+        checkpoint written under another order cannot resume exactly: CellError."""
+        source = self.loader.dataset.source
+        order = source.order_digest()
+        before = (ckpt or {}).get("order")
+        if before is not None and order is not None and before != order:
+            raise CellError(
+                f"stage {self.ctx.stage_id}: its checkpoint was written reading a pack with "
+                f"other blocks than {source.location} (order {before[:12]}, now {order[:12]}): "
+                "resuming would change its sample order. Give data.packed the pack it started "
+                "with (a pack of the same manifests with the same --block-size/--block-rows; "
+                f"--pixels or not), or run the stage again from the start (delete "
+                f"{self.ctx.stage_dir} in the output)"
+            )
+        return order
 
     @property
     def _name(self) -> str:
@@ -303,6 +321,7 @@ class PhaseRunner:
                 "scaler": scaler.state_dict(),
                 "bad_images": self.total_bad,
                 "wall_s": self.wall_s,
+                "order": self.order,
             }
             if self.checkpoint_interval and step % self.checkpoint_interval == 0:
                 self.ctx.save(self.checkpoint_name, state)

@@ -46,6 +46,10 @@ class FileSource:
         """None: the sampler's own permutation."""
         return None
 
+    def order_digest(self) -> None:
+        """None: the order depends on the manifest alone."""
+        return None
+
     def eval_order(self, indices: np.ndarray) -> np.ndarray:
         return indices
 
@@ -82,6 +86,16 @@ class PackSource:
     def close(self) -> None:
         """Release the pack's cached blocks, files and maps (reopened on the next read)."""
         self.view.close()
+
+    def order_digest(self) -> str:
+        """What the epoch order takes from the pack: how its blocks partition the manifest's
+        rows (packs of other manifests, options or format order them otherwise; a pixel
+        pack of the same files does not)."""
+        import hashlib
+
+        _, dense = np.unique(self.view.blocks, return_inverse=True)
+        blocks = dense.reshape(-1).astype("<i8").tobytes()
+        return hashlib.blake2b(blocks + str(self.window).encode(), digest_size=16).hexdigest()
 
     def epoch_order(self, seed: int) -> Callable[[int], np.ndarray]:
         """Epoch → the shard-aware permutation of the manifest's rows."""

@@ -281,6 +281,46 @@ def test_a_cell_reads_packed_data(tiny_cell, demo_dir: Path, tmp_path: Path) -> 
     ]
 
 
+def test_a_stage_resumes_only_from_a_pack_with_its_blocks(
+    tiny_cell, demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a pack lives is not part of a stage's id, but its blocks order the epochs: a
+    checkpoint written reading one pack resumes on a pack of the same blocks (its pixel
+    pack too), and is refused on another, which would change the sample order."""
+    from scaling.cell.run import run_stage
+    from scaling.study.stages import build_graph
+    from subsets.pack import PackConfig, pack_manifests
+
+    manifests = tuple(sorted((demo_dir / "manifests").glob("*.parquet")))
+    packs = {}
+    for name, kw in {"a": {}, "pixels": {"pixels": True}, "other": {"block_rows": 7}}.items():
+        packs[name] = tmp_path / name
+        pack_manifests(PackConfig(manifests=manifests, root=demo_dir, out_dir=packs[name],
+                                  block_bytes=16_000, **kw))  # fmt: skip
+    base = tiny_cell(iterations=4, pretrain={"checkpoint_interval": 2}, finetune={"enabled": False})
+
+    def reading(pack: Path):
+        return dataclasses.replace(
+            base, data_config=dataclasses.replace(base.data_config, packed=str(pack))
+        )
+
+    (stage,) = build_graph([(reading(packs["a"]), manifest_digests(base))]).pretrain.values()
+    store = ResultStore(str(tmp_path / "out"))
+    monkeypatch.setenv("MIMSCALE_FAIL_AT", f"3:{tmp_path / 'marker'}")
+    with pytest.raises(RuntimeError, match="injected fault"):
+        run_stage("pretrain", stage.stage_id, reading(packs["a"]), store)
+    with pytest.raises(CellError) as refused:
+        run_stage("pretrain", stage.stage_id, reading(packs["other"]), store)
+    assert (
+        f"stage {stage.stage_id}: its checkpoint was written reading a pack with other blocks "
+        f"than {packs['other']} (order "
+    ) in str(refused.value)
+    assert "resuming would change its sample order" in str(refused.value)
+    assert not store.stage_complete("pretrain", stage.stage_id)
+    run_stage("pretrain", stage.stage_id, reading(packs["pixels"]), store)  # the same blocks
+    assert store.stage_complete("pretrain", stage.stage_id)
+
+
 def test_bad_validation_images_are_counted(tiny_cell, demo_dir: Path, tmp_path: Path) -> None:
     """A zero-byte validation image is replaced (as in training) and counted separately."""
     import shutil
