@@ -51,6 +51,7 @@ from subsets.packlayout import (
     PACK_FORMAT,
     PACK_KEY,
     PIXELS,
+    PIXELS_FORMAT,
     index_digest,
     order_rows,
     union_rows,
@@ -162,7 +163,7 @@ def pack_manifests(config: PackConfig) -> PackResult:
             for _, info, _ in loaded
         ]
         meta = {
-            "format": PACK_FORMAT,
+            "format": PIXELS_FORMAT if config.pixels else PACK_FORMAT,
             "shards": shards,
             "manifests": manifests,
             "images": len(keys),

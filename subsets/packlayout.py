@@ -23,6 +23,9 @@ PACK_KEY = b"mimscale-pack"
 FILES, PIXELS = "files", "pixels"
 """What a pack's ``image`` column holds (its metadata's ``content``; packs from before it
 say nothing: files): each file's bytes, or its decoded pixels (``subsets pack --pixels``)."""
+PIXELS_FORMAT = 2
+"""The ``format`` a pixel pack records (its rows ordered as format 1's): a reader from
+before pixel packs refuses it instead of taking every pixel form for a broken image."""
 INDEX_NAME = "index.parquet"
 SHARD_SCHEMA = pa.schema(
     [pa.field("key", pa.uint64(), nullable=False), pa.field("image", pa.binary(), nullable=False)]

@@ -50,8 +50,9 @@ from subsets.packlayout import (
     INDEX_COLUMNS,
     INDEX_DIGEST,
     INDEX_NAME,
-    PACK_FORMAT,
     PACK_KEY,
+    PIXELS,
+    PIXELS_FORMAT,
     index_digest,
 )
 
@@ -92,6 +93,13 @@ class Pack:
                 f"({type(err).__name__}: {err}); repack, or check it with "
                 "`mimscale subsets pack-verify`"
             ) from None
+        self.content: str = self.meta.get("content", FILES)
+        """``files`` (each file's bytes) or ``pixels`` (decoded: ``subsets pack --pixels``)."""
+        if self.content not in (FILES, PIXELS):
+            raise SubsetError(
+                f"pack {self.location}: {INDEX_NAME} says it holds {self.content!r} images, "
+                f"which this version does not read ({FILES!r} or {PIXELS!r})"
+            )
 
     def _layout(self, index: pa.Table) -> None:
         """Shards, rows and blocks from the index (its columns and metadata)."""
@@ -126,7 +134,7 @@ class Pack:
             meta = json.loads(raw) if raw is not None else None
         except ValueError:  # a flipped byte in the footer's metadata
             meta = None
-        if not isinstance(meta, dict) or meta.get("format", 0) > PACK_FORMAT:
+        if not isinstance(meta, dict) or meta.get("format", 0) > PIXELS_FORMAT:
             raise SubsetError(f"pack {self.location}: {INDEX_NAME} is not a pack index this reads")
         self._index = index
         return index
@@ -147,11 +155,6 @@ class Pack:
 
     def __len__(self) -> int:
         return len(self.keys)
-
-    @property
-    def content(self) -> str:
-        """``files`` (each file's bytes) or ``pixels`` (decoded: ``subsets pack --pixels``)."""
-        return self.meta.get("content", FILES)
 
     @property
     def num_blocks(self) -> int:

@@ -181,3 +181,34 @@ def test_pack_pixels_on_the_command_line_is_deterministic(
         assert " decoded images (" in capsys.readouterr().out
         digests.append([s["digest"] for s in open_pack(tmp_path / out).shards])
     assert digests[0] == digests[1]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format": 3}, r"index\.parquet is not a pack index this reads"),
+        ({"content": "jxl"}, r"index\.parquet says it holds 'jxl' images, which this version "
+                             r"does not read \('files' or 'pixels'\)"),
+    ],
+)  # fmt: skip
+def test_a_pack_this_version_cannot_read_is_refused(
+    packs: dict[str, Path], tmp_path: Path, change: dict, message: str
+) -> None:
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from subsets.errors import SubsetError
+    from subsets.packlayout import PACK_KEY
+
+    assert open_pack(packs["pixels"]).meta["format"] == 2  # older readers refuse a pixel pack
+    assert open_pack(packs["files"]).meta["format"] == 1
+    copy = tmp_path / "pack"
+    shutil.copytree(packs["pixels"], copy)
+    index = pq.read_table(copy / "index.parquet")
+    meta = json.loads(index.schema.metadata[PACK_KEY]) | change
+    pq.write_table(index.replace_schema_metadata({PACK_KEY: json.dumps(meta)}),
+                   copy / "index.parquet")  # fmt: skip
+    with pytest.raises(SubsetError, match=rf"^pack {copy}: {message}"):
+        open_pack(copy)
