@@ -139,7 +139,9 @@ def pack_manifests(config: PackConfig) -> PackResult:
     """Pack the images of ``config.manifests`` into ``config.out_dir`` (module docstring)."""
     root = config.root.absolute()
     if not root.is_dir():
-        raise SubsetError(f"--root {root}: no such folder")
+        raise SubsetError(
+            f"--root {root}: {'a file, not a folder' if root.exists() else 'no such folder'}"
+        )
     check_out_folder(config.out_dir, "--out")
     if (config.out_dir / INDEX_NAME).exists() and not config.force:
         raise SubsetError(f"{config.out_dir} already holds a pack; pass --force to replace it")

@@ -161,6 +161,7 @@ def test_a_missing_image_writes_nothing(data, tmp_path: Path, capsys) -> None:
         (["--block-rows", "nan"], r"argument --block-rows: not int: 'nan'"),
         (["--shard-size", "1e400"], r"argument --shard-size: must be at most 1P bytes"),
         (["--root", "{tmp}/nope"], r"error: --root .*nope: no such folder"),
+        (["--root", "{manifest}"], r"error: --root .*in1k-10pct\.parquet: a file, not a folder"),
         (["--out", "{manifest}"], r"error: --out .*in1k-10pct\.parquet: not a folder"),
     ],
 )
