@@ -68,10 +68,11 @@ class PixelImage:
                 raise ValueError(f"pixel image: level {i} ({kind}, {rows}×{cols}) is damaged")
             self.levels[kind] = np.frombuffer(view, np.uint8, size, at).reshape(rows, cols, 3)
             at += size
-        if at != len(view) or 1 not in self.levels:
+        if at != len(view):
             raise ValueError(f"pixel image: {len(view) - at} bytes after its levels")
-        if self.levels[1].shape[:2] != (self.height, self.width):
-            raise ValueError("pixel image: its full level is not the size its header says")
+        full = [self.levels[k].shape[:2] for k in (1, PIL_LEVEL) if k in self.levels]
+        if 1 not in self.levels or any(shape != (self.height, self.width) for shape in full):
+            raise ValueError("pixel image: no full-size level of the size its header says")
 
     def decode(self, factor: int = 1) -> np.ndarray:
         """What :meth:`EncodedImage.decode` gave for ``factor`` (full size where the file
