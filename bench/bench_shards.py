@@ -1,13 +1,15 @@
 """Bench: packed shards vs one file per image, side by side, same images, one process.
 
 Images/s of one core (one process, one thread: what one data-loader worker delivers),
-for two pipelines over the same ImageNet-sized JPEGs (~330–500 px, quality 90):
+for four pipelines over the same ImageNet-sized JPEGs (~330–500 px, quality 90):
 
 * ``bytes``: the encoded bytes only, in the process's memory (the storage cost; a pack's
   view of a memory-mapped shard is copied out, so its pages are really read);
 * ``decode``: the pre-training sample of the image, made by the training dataset itself
   (``scaling.data.pretrain.PretrainDataset``: header, RandomResizedCrop box, reduced-size
   DCT decode, resize to 192 px, flip, mask) over a file source or a pack source;
+* ``exact``: the same with ``decode="exact"`` (full PIL decode and PIL's bilinear resize:
+  the released pipeline, which ``studies/paper.toml`` chooses);
 * ``gpu-wkr``: what a worker does per image with ``decode="gpu"`` (the same dataset:
   bytes, header, box, flip, mask; the decode is the accelerator's), measurable on any
   machine: the cores a GPU-decoding node needs per image/s.
@@ -114,7 +116,7 @@ def timed(item: Callable[[int], object], order: np.ndarray, limit_s: float) -> f
     return done / (time.perf_counter() - start)
 
 
-PIPELINES = ("bytes", "decode", "gpu-wkr")
+PIPELINES = ("bytes", "decode", "exact", "gpu-wkr")
 
 
 def pipeline(source, kind: str) -> Callable[[int], object]:
@@ -126,7 +128,7 @@ def pipeline(source, kind: str) -> Callable[[int], object]:
     from scaling.data.pretrain import PretrainDataset
 
     mask = MaskGenerator(input_size=192, mask_patch_size=32, model_patch_size=4, mask_ratio=0.6)
-    decode = "gpu" if kind == "gpu-wkr" else "fast"
+    decode = {"gpu-wkr": "gpu", "exact": "exact"}.get(kind, "fast")
     dataset = PretrainDataset(source, image_size=192, mask=mask, seed=0, decode=decode)
     return lambda j: dataset[(0, j)]
 

@@ -22,10 +22,10 @@ def test_bench_shards_on_a_small_set(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     storage = r"^(local|local-cold|slow \(1 ms\)|s3 \(moto\))"
     ratio = r" +[\d,]+ +[\d.]+×"  # images/s and the ratio to per-file
-    rows = re.findall(rf"{storage} +(bytes|decode|gpu-wkr) +[\d,]+{ratio}({ratio})?$",
+    rows = re.findall(rf"{storage} +(bytes|decode|exact|gpu-wkr) +[\d,]+{ratio}({ratio})?$",
                       done.stdout, flags=re.M)  # fmt: skip
-    assert len(rows) == 12, done.stdout
+    assert len(rows) == 16, done.stdout
     with_pixels = [(s, kind) for s, kind, pixels in rows if pixels]
-    assert len(with_pixels) == 6 and "gpu-wkr" not in {kind for _, kind in with_pixels}
+    assert len(with_pixels) == 9 and "gpu-wkr" not in {kind for _, kind in with_pixels}
     assert "HTTP/1.1" not in done.stdout + done.stderr
     assert re.search(r"^gpu decode: (unmeasured|\(.*\): workers [\d,]+ img/s)", done.stdout, re.M)
