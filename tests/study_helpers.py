@@ -106,3 +106,20 @@ def mimscale(
         cwd=cwd,
         env={**os.environ, **(env or {})},
     )
+
+
+def run_every_stage(study_path: Path) -> tuple[Any, Any, Any]:
+    """Load a study and run each of its stages in this process, in order (no Ray):
+    (study, graph, store)."""
+    from scaling.cell.run import run_stage
+    from scaling.config.load import load_study
+    from scaling.study.more_verbs import study_graph
+    from scaling.study.store import ResultStore
+
+    study = load_study(study_path)
+    graph = study_graph(study)
+    store = ResultStore(study.output_dir)
+    for stage in graph.stages():
+        job = stage.to_job()
+        run_stage(job["kind"], job["stage_id"], stage.cell, store, pretrain_id=job["pretrain_id"])
+    return study, graph, store

@@ -16,6 +16,7 @@ source leaves both as they were (a plain permutation; manifest order).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -91,8 +92,6 @@ class PackSource:
         """What the epoch order takes from the pack: how its blocks partition the manifest's
         rows (packs of other manifests, options or format order them otherwise; a pixel
         pack of the same files does not)."""
-        import hashlib
-
         _, dense = np.unique(self.view.blocks, return_inverse=True)
         blocks = dense.reshape(-1).astype("<i8").tobytes()
         return hashlib.blake2b(blocks + str(self.window).encode(), digest_size=16).hexdigest()

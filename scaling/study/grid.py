@@ -441,7 +441,7 @@ def connect(
 
 
 def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The driver's storage, tracker and cache settings (:data:`FORWARDED_ENV`): the
+    """The driver's storage and tracker settings (:data:`FORWARDED_ENV`): the
     workers of a cluster joined by address start from their node's environment, not the
     driver's, so the job's ``runtime_env`` gives them these (``AWS_ENDPOINT_URL`` and the
     keys the preflight checked ``output_dir`` and the pack with, the W&B / MLflow

@@ -10,17 +10,12 @@ from pathlib import Path
 import pytest
 
 from scaling.cli import main
-from scaling.config.load import load_study
-from scaling.study.more_verbs import study_graph
-from scaling.study.store import ResultStore
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path):
     """A one-cell study, pre-trained and fine-tuned (about 4 s)."""
-    from study_helpers import tiny_tables, write_study
-
-    from scaling.cell.run import run_stage
+    from study_helpers import run_every_stage, tiny_tables, write_study
 
     tmp = tmp_path_factory.mktemp("export_edges")
     tables = tiny_tables(
@@ -30,12 +25,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path):
         finetune={"enabled": True, "image_size": 32, "epochs": 0.1, "batch_size": 8},
     )
     path = write_study(tmp / "study.toml", tables)
-    study = load_study(path)
-    graph = study_graph(study)
-    store = ResultStore(study.output_dir)
-    for stage in graph.stages():
-        job = stage.to_job()
-        run_stage(job["kind"], job["stage_id"], stage.cell, store, pretrain_id=job["pretrain_id"])
+    study, graph, _ = run_every_stage(path)
     ((_, _, fid),) = graph.cells
     return path, Path(study.output_dir) / "stages" / "finetune" / fid / "finetune.pt"
 

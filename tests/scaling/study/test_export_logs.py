@@ -41,16 +41,10 @@ def planned(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path):
     """The two-size study, pre-trained and fine-tuned stage by stage (about 25 s)."""
-    from scaling.cell.run import run_stage
+    from study_helpers import run_every_stage
 
     path = _two_sizes(tmp_path_factory.mktemp("finished"), demo_dir)
-    study = load_study(path)
-    graph = study_graph(study)
-    store = ResultStore(study.output_dir)
-    for stage in graph.stages():
-        job = stage.to_job()
-        run_stage(job["kind"], job["stage_id"], stage.cell, store, pretrain_id=job["pretrain_id"])
-    return path, study, graph, store
+    return path, *run_every_stage(path)
 
 
 def _timm_model(folder: Path, *, overlay_all: bool = True):
